@@ -1,0 +1,34 @@
+"""keras_fcn: Fully Convolutional Networks for semantic segmentation on TensorFlow 2 + Keras 3."""
+
+from setuptools import find_packages, setup
+
+# TensorFlow, its serving API and Keras move together: tensorflow-serving-api's minor version follows
+# tensorflow's, so both are pinned to the same minor release.
+TF_MINOR = "2.21"
+
+setup(
+    name="keras_fcn",
+    version="0.1.0",
+    description="Fully Convolutional Networks (FCN-32s/16s/8s) for semantic segmentation in Keras 3",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["keras_fcn", "keras_fcn.*"]),
+    install_requires=[
+        f"tensorflow=={TF_MINOR}.*",
+        "keras>=3.10,<4",
+        "tensorflow-datasets>=4.9",
+        "numpy>=1.26",
+        "h5py>=3.10",
+        "pillow>=10",
+    ],
+    extras_require={
+        "dev": [
+            "pytest>=8",
+            "pytest-timeout>=2.3",
+            "ruff>=0.6",
+        ],
+    },
+    entry_points={"console_scripts": ["keras-fcn=keras_fcn.cli:main"]},
+    license="BSD-2-Clause",
+)
