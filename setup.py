@@ -13,7 +13,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=find_packages(include=["keras_fcn", "keras_fcn.*"]),
+    # serving/ stays a top-level folder (deployment files beside the code) yet imports as keras_fcn.serving.
+    packages=find_packages(include=["keras_fcn", "keras_fcn.*"]) + ["keras_fcn.serving"],
+    package_dir={"keras_fcn.serving": "serving"},
     install_requires=[
         f"tensorflow=={TF_MINOR}.*",
         "keras>=3.10,<4",
