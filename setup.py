@@ -23,12 +23,20 @@ setup(
         "numpy>=1.26",
         "h5py>=3.10",
         "pillow>=10",
+        # training: TensorBoard logs, SBD's .mat masks, training-curve plots
+        "tensorboard>=2.16",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
             "ruff>=0.6",
+            # the quickstart notebook is executed by a test
+            "nbclient>=0.9",
+            "nbformat>=5.9",
+            "ipykernel>=6.25",
         ],
     },
     entry_points={"console_scripts": ["keras-fcn=keras_fcn.cli:main"]},
