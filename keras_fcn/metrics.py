@@ -333,10 +333,13 @@ class SegmentationLoss(keras.losses.Loss):
         if self.class_weights is not None:
             weight = weight * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), labels)
         # where(): an ignored pixel's loss can be inf/NaN for garbage logits; 0 * NaN would leak through.
-        total = ops.sum(ops.where(weight > 0, pixel_loss * weight, 0.0))
+        per_image = ops.sum(ops.where(weight > 0, pixel_loss * weight, 0.0), axis=(1, 2))  # (N,)
         if self.normalize:
-            return total / ops.maximum(ops.sum(weight), 1e-6)
-        return total / ops.cast(ops.shape(y_true)[0], "float32")
+            # Keras averages these N values (and divides by the replicas under tf.distribute), so
+            # scaling by N / total weight makes the result the mean over the batch's valid pixels.
+            batch = ops.cast(ops.shape(y_true)[0], "float32")
+            per_image = per_image * (batch / ops.maximum(ops.sum(weight), 1e-6))
+        return per_image
 
     def get_config(self):
         return {

@@ -30,9 +30,7 @@ def example(rng, size, num_classes):
     blocks = rng.integers(0, num_classes, size=(h // 4 + 1, w // 4 + 1))
     mask = np.kron(blocks, np.ones((4, 4), dtype=np.int64))[:h, :w].astype(np.uint8)
     mask[0, :] = 255  # a void border row, as VOC draws object outlines
-    image = np.stack(
-        [mask.astype(np.int64) * 10 % 256, np.full((h, w), 100), np.full((h, w), 50)], -1
-    ).astype(np.uint8)
+    image = np.stack([mask.astype(np.int64) * 10 % 256, np.full((h, w), 100), np.full((h, w), 50)], -1).astype(np.uint8)
     return image, mask
 
 
@@ -52,9 +50,7 @@ def make_voc(root, ids_by_split, size=(20, 28), num_classes=21, seed=0):
             f.write("".join(f"{i}\n" for i in ids))
         for i in ids:
             image, mask = example(rng, size, num_classes)
-            Image.fromarray(image).save(
-                os.path.join(root, "JPEGImages", f"{i}.jpg"), quality=100, subsampling=0
-            )
+            Image.fromarray(image).save(os.path.join(root, "JPEGImages", f"{i}.jpg"), quality=100, subsampling=0)
             save_palette_png(os.path.join(root, "SegmentationClass", f"{i}.png"), mask)
             masks[i] = (image, mask)
     return masks

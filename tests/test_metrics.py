@@ -101,9 +101,7 @@ def test_loss_matches_numpy_with_ignore_and_class_weights():
     labels[labels == 5] = 0
     weights = [1.0, 2.0, 0.5, 3.0, 1.0, 1.0]
     normalized, summed = numpy_loss(labels, logits.astype(np.float64), weights)
-    np.testing.assert_allclose(
-        float(metrics.SegmentationLoss(weights)(labels, logits)), normalized, rtol=1e-5
-    )
+    np.testing.assert_allclose(float(metrics.SegmentationLoss(weights)(labels, logits)), normalized, rtol=1e-5)
     np.testing.assert_allclose(
         float(metrics.SegmentationLoss(weights, normalize=False)(labels, logits)), summed, rtol=1e-5
     )

@@ -9,9 +9,7 @@ from keras_fcn.data.sources import IndexedSource
 
 # Class k is painted with COLOURS[k]; the third channel is not linear in k, so a bilinear blend of two
 # class colours at an edge never equals a third class's colour.
-COLOURS = np.array(
-    [[10 + 40 * k, 230 - 40 * k, c] for k, c in enumerate((13, 200, 60, 240, 110))], np.float32
-)
+COLOURS = np.array([[10 + 40 * k, 230 - 40 * k, c] for k, c in enumerate((13, 200, 60, 240, 110))], np.float32)
 
 
 class Painted(IndexedSource):
