@@ -128,8 +128,11 @@ def run_demo(
     overlay_dir = os.path.join(output_dir, "overlays")
     os.makedirs(overlay_dir, exist_ok=True)
     for index in range(min(overlays, len(images))):
-        truth = overlay(images[index], masks[index], held_out.class_names)
-        predicted = overlay(images[index], predictions[index], held_out.class_names)
+        # Drawn at twice the size (nearest neighbour) so that small shapes and the legend stay legible.
+        image, truth_ids, predicted_ids = (np.kron(a, np.ones((2, 2) + (1,) * (a.ndim - 2), a.dtype))
+                                           for a in (images[index], masks[index], predictions[index]))  # fmt: skip
+        truth = overlay(image, truth_ids, held_out.class_names)
+        predicted = overlay(image, predicted_ids, held_out.class_names)
         _side_by_side(truth, predicted).save(os.path.join(overlay_dir, f"heldout_{index:03d}.png"))
     plot_history(result.history, os.path.join(output_dir, "training_curves.png"))
     seconds = time.time() - start

@@ -184,7 +184,8 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
         labels, predictions = _labels_and_predictions(y_true, y_pred)
         keep = ops.logical_and(labels >= 0, labels < n)
         index = ops.where(keep, n * labels + predictions, n * n)  # ignored pixels go to a spare bin
-        counts = ops.bincount(index, minlength=n * n + 1)[: n * n]
+        # segment_sum with a fixed number of bins (unlike bincount) also compiles under XLA.
+        counts = ops.segment_sum(ops.ones_like(index), index, num_segments=n * n + 1)[: n * n]
         self.hist.assign_add(ops.cast(ops.reshape(counts, (n, n)), "float64"))
 
     def reset_state(self):

@@ -302,6 +302,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         config.train_data, config.train_split, num_classes=config.num_classes, seed=config.seed, **config.data_options
     )
     num_classes = config.num_classes or train_source.num_classes
+    with open(os.path.join(output_dir, "classes.txt"), "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{name}\n" for name in train_source.class_names[:num_classes]))
     val_source = None
     if config.val_data:
         val_source = from_spec(
@@ -368,8 +370,6 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
             raise
         raise data_error from None
     model.save(os.path.join(output_dir, "final.keras"))
-    with open(os.path.join(output_dir, "classes.txt"), "w", encoding="utf-8") as handle:
-        handle.write("".join(f"{name}\n" for name in train_source.class_names[:num_classes]))
     return TrainResult(
         model=model,
         history={key: [float(v) for v in values] for key, values in history.history.items()},

@@ -127,7 +127,8 @@ def plot_history(history: dict | str, path: str) -> None:
         axis.set_title(title)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)
-        axis.legend()
+        if axis.lines:
+            axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)

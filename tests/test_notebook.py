@@ -1,6 +1,8 @@
 """The quickstart notebook runs from top to bottom (committed without outputs)."""
 
+import json
 import os
+import sys
 
 import nbformat
 import pytest
@@ -17,13 +19,21 @@ def test_notebook_is_committed_without_outputs():
 
 
 @pytest.mark.slow
-def test_quickstart_notebook_executes(tmp_path):
+def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     from nbclient import NotebookClient
 
+    # A kernel spec for this very interpreter, so the notebook sees the same installed keras_fcn
+    # whatever other "python3" kernels the machine has.
+    spec_dir = tmp_path / "jupyter" / "kernels" / "keras-fcn-test"
+    spec_dir.mkdir(parents=True)
+    argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     client = NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        notebook, timeout=300, kernel_name="keras-fcn-test", resources={"metadata": {"path": str(tmp_path)}}
     )
     client.execute()
     printed = "".join(

@@ -129,3 +129,15 @@ def test_cli_reports_user_errors(tmp_path, capsys):
     assert code == 2 and "PASCAL VOC root folder not found" in capsys.readouterr().err
     code = cli.main(["train", "--optimizer", "rmsprop", "--output-dir", str(tmp_path)])
     assert code == 2 and "Received: optimizer='rmsprop'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("settings", [{"mixed_precision": True}, {"jit_compile": True}])
+def test_mixed_precision_and_xla_runs(tmp_path, settings):
+    before = keras.mixed_precision.global_policy().name
+    result = train(train_data="synthetic:8", epochs=1, steps_per_epoch=2, output_dir=str(tmp_path), **TINY, **settings)
+    assert keras.mixed_precision.global_policy().name == before  # the global policy is restored
+    assert np.isfinite(result.history["loss"]).all()
+    x = np.zeros((1, 32, 32, 3), "float32")
+    assert result.model(x).dtype == "float32"  # logits stay float32
+    if settings.get("mixed_precision"):
+        assert result.model.get_layer("block1_conv1").compute_dtype in ("bfloat16", "float16")
