@@ -76,28 +76,48 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
     from keras_fcn.train import TrainConfig
 
+    comments = _field_comments(TrainConfig)
     for item in dataclasses.fields(TrainConfig):
         flag = "--" + item.name.replace("_", "-")
         default = argparse.SUPPRESS  # unset flags keep the config's value
         kind = str(item.type)
+        value = item.default_factory() if item.default is dataclasses.MISSING else item.default
+        text = f"{comments.get(item.name, '')} (default: {value})".replace("%", "%%").strip()
         if item.name == "data_options":
             parser.add_argument(
                 "--data-option", dest="data_options", action="append", metavar="KEY=VALUE", default=default,
                 help="extra source argument (JSON value), e.g. image_size=[96,96]; repeatable",
             )  # fmt: skip
         elif kind.startswith("bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif "tuple" in kind:
             element = float if "float" in kind else (int if "int" in kind else str)
-            parser.add_argument(flag, nargs="+", type=element, default=default, metavar="V")
+            parser.add_argument(flag, nargs="+", type=element, default=default, metavar="V", help=text)
         elif kind.startswith("int | str"):
-            parser.add_argument(flag, type=_int_or_str, default=default)
+            parser.add_argument(flag, type=_int_or_str, default=default, help=text)
         elif kind.startswith("int"):
-            parser.add_argument(flag, type=_int_or_none, default=default)
+            parser.add_argument(flag, type=_int_or_none, default=default, help=text)
         elif kind.startswith("float"):
-            parser.add_argument(flag, type=float, default=default)
+            parser.add_argument(flag, type=float, default=default, help=text)
         else:
-            parser.add_argument(flag, type=_str_or_none, default=default)
+            parser.add_argument(flag, type=_str_or_none, default=default, help=text)
+
+
+def _field_comments(cls) -> dict[str, str]:
+    """The `# comment` after each field of a dataclass's source: the flag's help text."""
+    import inspect
+    import re
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):  # no source shipped: flags without help text
+        return {}
+    comments = {}
+    for line in source.splitlines():
+        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
+        if match:
+            comments[match.group(1)] = match.group(2).strip()
+    return comments
 
 
 def _int_or_none(text: str):

@@ -27,19 +27,17 @@ def weights(path):
 
 
 @pytest.mark.slow
-def test_mirrored_two_cpus(tmp_path):
+def test_mirrored_two_cpus_matches_one_device(tmp_path):
     process = run_worker(["mirrored", str(tmp_path)])
     output, _ = process.communicate(timeout=150)
     assert process.returncode == 0, output[-3000:]
     assert "replicas 2" in output
-    with open(tmp_path / "losses.json") as handle:
-        losses = json.load(handle)
-    # one loss per epoch, the mean of two steps; equal when the loss is averaged right over replicas
-    np.testing.assert_allclose(losses["mirrored"], losses["single"], rtol=1e-5)
-    trained, initial = weights(tmp_path / "mirrored.npz"), weights(tmp_path / "initial.npz")
-    changed = [not np.allclose(a, b) for a, b in zip(trained, initial, strict=True)]
-    assert sum(changed) >= 4  # two SGD steps moved the score layers and the backbone
-    assert all(np.isfinite(a).all() for a in trained)
+    mirrored, single = weights(tmp_path / "mirrored.npz"), weights(tmp_path / "single.npz")
+    for a, b in zip(mirrored, single, strict=True):
+        # two SGD steps on a batch of 4 split 2 + 2 over the replicas, or whole on one device
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    score_kernels = [w for w in mirrored if w.ndim == 4 and w.shape[-1] == 5]
+    assert score_kernels and all(np.abs(w).max() > 0 for w in score_kernels)  # trained: scores start at 0
 
 
 def free_ports(count):
