@@ -232,6 +232,13 @@ def _callbacks(config: TrainConfig, output_dir: str, monitor: str, resuming: boo
     ]
 
 
+def _length(source) -> int | None:
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
 def _resume_epoch(output_dir: str) -> int:
     path = os.path.join(output_dir, "backup", "training_metadata.json")
     if not os.path.isfile(path):
@@ -309,7 +316,13 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         val_source = from_spec(
             config.val_data, config.val_split, num_classes=num_classes, seed=config.seed, **config.data_options
         )
-    steps_per_epoch = config.steps_per_epoch or math.ceil(len(train_source) / config.batch_size)
+    steps_per_epoch = config.steps_per_epoch
+    if not steps_per_epoch:
+        if _length(train_source) is None:
+            raise ValueError(
+                f"The size of {train_source.name} is not known: give `steps_per_epoch`. Received: steps_per_epoch=None"
+            )
+        steps_per_epoch = math.ceil(_length(train_source) / config.batch_size)
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
         raise ValueError(
@@ -347,8 +360,12 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     if config.verbose:
         print(f"keras_fcn: {describe_backbone(config)}")
         print(
-            f"keras_fcn: {len(train_source)} training examples from {train_source.name}"
-            + (f", {len(val_source)} validation examples from {val_source.name}" if val_source else "")
+            f"keras_fcn: {_length(train_source) or 'unknown number of'} training examples from {train_source.name}"
+            + (
+                f", {_length(val_source) or 'unknown number of'} validation examples from {val_source.name}"
+                if val_source
+                else ""
+            )
             + f"; {replicas} replica(s); output in {output_dir}"
         )
         if initial_epoch:
