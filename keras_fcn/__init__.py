@@ -1,3 +1,27 @@
-"""keras_fcn: Fully Convolutional Networks for semantic segmentation (Long, Shelhamer & Darrell)."""
+"""keras_fcn: Fully Convolutional Networks for semantic segmentation (Long, Shelhamer & Darrell).
+
+Importing the package registers its Keras layers, so `keras.saving.load_model("model.keras")` works.
+"""
 
 __version__ = "0.1.0"
+
+from keras_fcn.convolutionalize import convolutionalize
+from keras_fcn.layers import BilinearUpsampling, CaffePreprocessing, CropToReference, PadToMultiple
+from keras_fcn.models import VARIANTS, build_fcn, fcn8s, fcn8s_at_once, fcn16s, fcn32s
+from keras_fcn.weights import load_backbone_weights, transfer_weights
+
+__all__ = [
+    "VARIANTS",
+    "BilinearUpsampling",
+    "CaffePreprocessing",
+    "CropToReference",
+    "PadToMultiple",
+    "build_fcn",
+    "convolutionalize",
+    "fcn8s",
+    "fcn8s_at_once",
+    "fcn16s",
+    "fcn32s",
+    "load_backbone_weights",
+    "transfer_weights",
+]
