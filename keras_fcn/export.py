@@ -237,7 +237,11 @@ def export_saved_model(
     tmp_path = tempfile.mkdtemp(prefix=f".export-{version}-", dir=base_path)
     try:
         archive.write_out(tmp_path, verbose=False)
-        probe = np.random.default_rng(0).integers(0, 256, (1, *probe_size, 3), dtype=np.uint8)
+        height, width = probe_size
+        if height * width > max_decoded_pixels:  # the probe must pass serve_encoded's own limit
+            scale = (max_decoded_pixels / (height * width)) ** 0.5
+            height, width = max(int(height * scale), 1), max(int(width * scale), 1)
+        probe = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
         probe_png = tf.io.encode_png(probe[0]).numpy()
         extra = os.path.join(tmp_path, ASSETS_EXTRA)
         os.makedirs(extra, exist_ok=True)
@@ -254,7 +258,7 @@ def export_saved_model(
     if verbose:
         print(
             f"Exported version {version} to {final_path}: reloaded SavedModel vs Keras model on a "
-            f"{probe_size[0]}x{probe_size[1]} probe: max |probability difference| {difference:.3g}, "
+            f"{probe.shape[1]}x{probe.shape[2]} probe: max |probability difference| {difference:.3g}, "
             f"class ids agree on {100 * agreement:.2f}% of pixels"
         )
     return result

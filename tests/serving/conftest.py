@@ -62,8 +62,8 @@ def target(tmp_path_factory):
     base_path = base_path or str(tmp_path_factory.mktemp("serving") / "fcn")
     name = os.environ.get("KERAS_FCN_SERVING_MODEL", "fcn")
     models = {}
-    for seed in (1, 2):  # two versions with different weights
-        model = build_test_model(seed=seed)
+    for seed, variant in ((1, "fcn8s"), (2, "fcn16s")):  # two versions with different weights
+        model = build_test_model(seed=seed, variant=variant)
         models[export_saved_model(model, base_path, verbose=False).version] = model
     process = None
     if grpc_address:

@@ -11,25 +11,27 @@ import numpy as np
 NUM_CLASSES = 21
 
 
-def build_test_model(num_classes: int = NUM_CLASSES, seed: int = 0):
+# A VGG16-topology backbone narrow enough for fast tests.
+TINY = {"backbone_filters": (4, 8, 16, 32, 32), "fc_units": 32}
+
+
+def build_test_model(num_classes: int = NUM_CLASSES, seed: int = 0, variant: str = "fcn8s", **kwargs):
     """A narrow FCN whose score layers hold seeded random weights (a fresh FCN scores all zeros)."""
     import keras
 
+    import keras_fcn
+
     keras.utils.set_random_seed(seed)
-    inputs = keras.Input((None, None, 3), name="images")
-    x = keras.layers.Rescaling(1 / 127.5, -1.0)(inputs)
-    x = keras.layers.Conv2D(8, 3, padding="same", activation="relu", name="block1_conv1")(x)
-    outputs = keras.layers.Conv2D(num_classes, 1, name="score", kernel_initializer="zeros")(x)
-    model = keras.Model(inputs, outputs)
+    model = keras_fcn.build_fcn(variant, num_classes, **{**TINY, **kwargs})
     randomize_scores(model, seed)
     return model
 
 
-def randomize_scores(model, seed: int) -> None:
+def randomize_scores(model, seed: int, std: float = 0.5) -> None:
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if layer.name.startswith("score"):
-            layer.set_weights([rng.normal(0, 1.0, w.shape).astype(np.float32) for w in layer.get_weights()])
+            layer.set_weights([rng.normal(0, std, w.shape).astype(np.float32) for w in layer.get_weights()])
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

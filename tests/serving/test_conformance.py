@@ -91,15 +91,15 @@ def assert_still_serving(target) -> None:
 
 
 def test_default_signature_latest_version(target):
-    images = random_images(2, 40, 56, seed=1)
+    images = random_images(2, 64, 80, seed=1)
     response, outputs = predict(target, request(target, images=images))
     assert response.model_spec.name == target.model_name
     assert response.model_spec.version.value == target.latest
     assert response.model_spec.signature_name == "serving_default"
-    assert outputs["class_ids"].shape == (2, 40, 56) and outputs["class_ids"].dtype.kind == "i"
-    assert outputs["probabilities"].shape == (2, 40, 56, 21) and outputs["probabilities"].dtype == np.float32
+    assert outputs["class_ids"].shape == (2, 64, 80) and outputs["class_ids"].dtype.kind == "i"
+    assert outputs["probabilities"].shape == (2, 64, 80, 21) and outputs["probabilities"].dtype == np.float32
     assert_matches(outputs, reference(target.models[target.latest], images))
-    assert len(np.unique(outputs["class_ids"])) > 3  # random score weights: a non-trivial class map
+    assert len(np.unique(outputs["class_ids"])) > 2  # random score weights: a non-trivial class map
 
 
 def test_encoded_signature_png(target):
