@@ -4,7 +4,8 @@ Requests join a queue; a batch thread takes the oldest request and every queued 
 be concatenated with it (same signature function, same dtypes and per-example shapes), waiting
 up to `batch_timeout_micros` for the batch to fill to `max_batch_size`. The batch is padded to the
 next `allowed_batch_sizes` entry by repeating its first example, run once, and split again.
-If a batched call fails, its requests are rerun one by one, so each error reaches its own sender.
+If a batched call fails, the batch is halved and rerun until the failing request stands alone, so
+each error reaches its own sender and the other requests still get their answers.
 """
 
 from __future__ import annotations
@@ -127,6 +128,26 @@ class BatchScheduler:
         return next((s for s in self.parameters.allowed_batch_sizes if s >= size), size)
 
     def _run_batch(self, batch: list[_Task]) -> None:
+        try:
+            outputs = self._call(batch)
+        except ServingError as error:
+            if len(batch) == 1:
+                batch[0].error = error
+                batch[0].done.set()
+                return
+            # One request's input broke the shared call (a corrupt image, another image size):
+            # halve the batch until the failing request stands alone, the others still batched.
+            half = len(batch) // 2
+            self._run_batch(batch[:half])
+            self._run_batch(batch[half:])
+            return
+        start = 0
+        for task in batch:
+            task.outputs = {alias: value[start : start + task.size] for alias, value in outputs.items()}
+            start += task.size
+            task.done.set()
+
+    def _call(self, batch: list[_Task]) -> dict:
         sizes = [task.size for task in batch]
         total = sum(sizes)
         padded = self._padded_size(total)
@@ -134,27 +155,9 @@ class BatchScheduler:
         for alias in batch[0].inputs:
             parts = [task.inputs[alias] for task in batch]
             if padded > total:  # TF Serving pads with copies of the first example
-                first = parts[0][:1]
-                parts.append(np.repeat(first, padded - total, axis=0))
+                parts.append(np.repeat(parts[0][:1], padded - total, axis=0))
             inputs[alias] = np.concatenate(parts, axis=0)
-        try:
-            outputs = run_signature(batch[0].function, inputs)
-        except ServingError as error:
-            if len(batch) == 1:
-                batch[0].error = error
-                batch[0].done.set()
-                return
-            for task in batch:  # find whose input failed: rerun each request alone
-                try:
-                    task.outputs = run_signature(task.function, task.inputs)
-                except ServingError as single_error:
-                    task.error = single_error
-                task.done.set()
-            return
+        outputs = run_signature(batch[0].function, inputs)
         self.batches_run += 1
         self.examples_run += total
-        start = 0
-        for task in batch:
-            task.outputs = {alias: value[start : start + task.size] for alias, value in outputs.items()}
-            start += task.size
-            task.done.set()
+        return outputs

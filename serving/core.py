@@ -284,6 +284,8 @@ class ServedModel:
                 time.monotonic() - started,
                 warmed,
             )
+        if not any(v in self._versions for v in aspired):
+            return  # availability first: old versions serve until an aspired one has loaded
         for version in [v for v in self._versions if v not in aspired]:
             with self._lock:
                 # Requests in flight keep their reference; new ones no longer find this version.
