@@ -32,6 +32,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pyyaml>=6",
             "ruff>=0.6",
         ],
     },

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -221,3 +222,40 @@ def test_client_argument_checks():
         FCNClient("localhost:8500", "fcn", version=1, version_label="stable")
     with pytest.raises(ValueError, match="Received: model_name"):
         ModelServer(None, "/tmp")
+
+
+def test_compose_file_runs_tf_serving_on_the_repository_files():
+    yaml = pytest.importorskip("yaml")
+    with open(os.path.join(REPO, "serving", "docker-compose.yml"), encoding="utf-8") as f:
+        (service,) = yaml.safe_load(f)["services"].values()
+    assert service["image"].startswith("tensorflow/serving:")
+    assert set(service["ports"]) == {"8500:8500", "8501:8501"}
+    mounts = {volume.rsplit(":", 2)[1]: volume.rsplit(":", 2)[0] for volume in service["volumes"]}
+    flags = dict(flag.lstrip("-").partition("=")[::2] for flag in service["command"])
+    assert mounts[flags["model_config_file"]] == "./models.config"
+    assert mounts[flags["batching_parameters_file"]] == "./batching_parameters.txt"
+    (config,) = read_model_config_file(os.path.join(REPO, "serving", "models.config"))
+    assert config.base_path in mounts and "enable_batching" in flags
+
+
+def test_binds_loopback_unless_told(base):
+    path, _ = base
+    with ModelServer("fcn", path, port=0, rest_port=0) as server:
+        assert server.grpc_address.startswith("127.0.0.1:")
+        with socket.create_connection(("127.0.0.1", server.rest_port), timeout=5):
+            pass
+        outside = _non_loopback_address()
+        if outside is None:
+            pytest.skip("no non-loopback address on this machine")
+        with pytest.raises(OSError):
+            socket.create_connection((outside, server.rest_port), timeout=5).close()
+
+
+def _non_loopback_address() -> str | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(("10.255.255.255", 1))  # no packet is sent: this only picks a route
+            address = s.getsockname()[0]
+        except OSError:
+            return None
+    return None if address.startswith("127.") else address
