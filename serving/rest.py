@@ -222,7 +222,7 @@ def make_handler(service):
                 if match["metadata"]:
                     self._reply(200, metadata_json(service.metadata_for(**spec)))
                 else:
-                    self._reply(200, status_json(service.status_for(spec["name"], spec["version"])))
+                    self._reply(200, status_json(service.status_for(**spec)))
             except ServingError as error:
                 self._reply(HTTP_CODES.get(error.code, 500), {"error": error.message})
 

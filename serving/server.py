@@ -97,7 +97,9 @@ class ServingService:
     def status(self, request):
         return self.manager.status(request.model_spec)
 
-    def status_for(self, name: str, version: int | None = None):
+    def status_for(self, name: str, version: int | None = None, label: str = ""):
+        if label:  # a label names one version: report that one
+            version = self.resolve(name, None, label).version
         spec = _model_pb2.ModelSpec(name=name)
         if version is not None:
             spec.version.value = version

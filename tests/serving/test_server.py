@@ -127,6 +127,8 @@ def test_model_config_file_with_labels(tmp_path, base):
         images = random_images(1, 20, 28, seed=1)
         answer = FCNClient(server.grpc_address, "seg", version_label="stable").predict(images, probabilities=True)
         np.testing.assert_allclose(answer.probabilities, reference(models[1], images), atol=1e-5)
+        pixels = FCNClient(server.grpc_address, "seg", encoded=False).predict(images)  # serving_default
+        np.testing.assert_array_equal(pixels.class_ids, reference(models[1], images).argmax(-1))
         url = f"{server.rest_address}/v1/models/seg/labels/stable"
         with urllib.request.urlopen(url) as reply:
             assert json.loads(reply.read())["model_version_status"][0]["version"] == "1"
@@ -259,3 +261,18 @@ def _non_loopback_address() -> str | None:
         except OSError:
             return None
     return None if address.startswith("127.") else address
+
+
+def test_reload_config_request_switches_models(base, tmp_path):
+    from tensorflow_serving.apis import model_management_pb2, model_service_pb2_grpc
+
+    path, _ = base
+    with ModelServer("fcn", path, port=0, rest_port=None) as server:
+        request = model_management_pb2.ReloadConfigRequest()
+        request.config.model_config_list.config.add(name="renamed", base_path=path, model_platform="tensorflow")
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            model_service_pb2_grpc.ModelServiceStub(channel).HandleReloadConfigRequest(request, timeout=60)
+        assert FCNClient(server.grpc_address, "renamed").status() == {1: "AVAILABLE"}
+        with pytest.raises(grpc.RpcError) as caught:
+            FCNClient(server.grpc_address, "fcn").status()
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
