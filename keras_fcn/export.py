@@ -107,9 +107,7 @@ def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED
 
     def image_size(data):
         # (height, width) from the header alone, so nothing is decompressed before the checks.
-        is_png = tf.logical_and(
-            tf.strings.length(data) >= 24, tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE)
-        )
+        is_png = tf.logical_and(tf.strings.length(data) >= 24, tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE))
         is_jpeg = tf.io.is_jpeg(data)
         known = tf.debugging.Assert(
             tf.logical_or(is_png, is_jpeg),
@@ -135,11 +133,7 @@ def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED
             sizes = tf.map_fn(image_size, image_bytes, fn_output_signature=tf.TensorSpec([2], tf.int64))
         same = tf.debugging.Assert(
             tf.reduce_all(tf.equal(sizes, sizes[:1])),
-            [
-                tf.strings.format(
-                    "images in one request must share a size; received (height, width) sizes {}", sizes
-                )
-            ],
+            [tf.strings.format("images in one request must share a size; received (height, width) sizes {}", sizes)],
         )
         pixels = tf.reduce_sum(sizes[:, 0] * sizes[:, 1])
         small = tf.debugging.Assert(
@@ -216,9 +210,7 @@ def export_saved_model(
             f"Received: class_names={class_names!r}"
         )
     if max_decoded_pixels < 1:
-        raise ValueError(
-            f"max_decoded_pixels must be positive. Received: max_decoded_pixels={max_decoded_pixels}"
-        )
+        raise ValueError(f"max_decoded_pixels must be positive. Received: max_decoded_pixels={max_decoded_pixels}")
 
     os.makedirs(base_path, exist_ok=True)
     if version is None:

@@ -55,9 +55,7 @@ class BatchScheduler:
         """Queues one call and waits for its outputs (a numpy dict), or raises its error."""
         task = _Task(function, inputs)
         batchable = (
-            inputs
-            and all(v.ndim >= 1 for v in inputs.values())
-            and len({v.shape[0] for v in inputs.values()}) == 1
+            inputs and all(v.ndim >= 1 for v in inputs.values()) and len({v.shape[0] for v in inputs.values()}) == 1
         )
         if not batchable or task.size == 0 or task.size > self.parameters.max_batch_size:
             return run_signature(function, inputs)  # cannot share a batch: run it on its own

@@ -143,9 +143,7 @@ class FCNClient:
         request = predict_pb2.PredictRequest()
         if self.encoded:
             self._model_spec(request.model_spec, "serve_encoded")
-            request.inputs["image_bytes"].CopyFrom(
-                _tensor(np.array([_encoded(x) for x in images], dtype=object))
-            )
+            request.inputs["image_bytes"].CopyFrom(_tensor(np.array([_encoded(x) for x in images], dtype=object)))
             wanted = ["class_ids", "probabilities"] if probabilities else ["class_map_png_bytes"]
         else:
             self._model_spec(request.model_spec, "serving_default")

@@ -33,9 +33,7 @@ def read_model_config_file(path: str) -> list[model_server_config_pb2.ModelConfi
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise ValueError(
-            f"{path} is not a ModelServerConfig in text format: {error}. Received: path={path}"
-        ) from error
+        raise ValueError(f"{path} is not a ModelServerConfig in text format: {error}. Received: path={path}") from error
     return validate_model_configs(list(config.model_config_list.config), source=path)
 
 
@@ -44,8 +42,7 @@ def validate_model_configs(configs, source: str = "config") -> list:
     names = [c.name for c in configs]
     if not configs or any(not c.name or not c.base_path for c in configs) or len(set(names)) != len(names):
         raise ValueError(
-            f"{source} must list at least one model, each with a unique name and a base_path. "
-            f"Received: names={names}"
+            f"{source} must list at least one model, each with a unique name and a base_path. Received: names={names}"
         )
     return list(configs)
 
@@ -101,7 +98,5 @@ def parse_batching_parameters(text: str) -> BatchingParameters:
         elif name in known:
             values[name] = int(value)
     if text[position:].strip():
-        raise ValueError(
-            f"cannot parse batching parameters near {text[position:][:40]!r}. Received: text={text!r}"
-        )
+        raise ValueError(f"cannot parse batching parameters near {text[position:][:40]!r}. Received: text={text!r}")
     return BatchingParameters(**values)

@@ -15,7 +15,7 @@ import time
 import grpc
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import tensor_pb2, types_pb2
+from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, prediction_log_pb2
 
@@ -27,6 +27,7 @@ DEFAULT_SIGNATURE = "serving_default"
 PREDICT_METHOD = "tensorflow/serving/predict"
 MAX_ERROR_CHARS = 1024  # TF Serving cuts longer messages
 MAX_WARMUP_RECORDS = 1000
+MAX_REQUEST_ELEMENTS = 1 << 30  # no 1 GiB request message holds more values
 
 State = get_model_status_pb2.ModelVersionStatus.State
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -48,9 +49,7 @@ def clean_tf_message(message: str) -> str:
     lines = []
     for line in message.splitlines():
         stripped = line.strip()
-        if not stripped or stripped.startswith(
-            ("Graph execution error", "Detected at node", "<stack traces", "[[")
-        ):
+        if not stripped or stripped.startswith(("Graph execution error", "Detected at node", "<stack traces", "[[")):
             continue
         lines.append(stripped.split(" [Op:")[0])
     return "\n".join(lines) or message
@@ -109,20 +108,14 @@ def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
 def from_tensor_proto(alias: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
     """The numpy value of a request tensor; INVALID_ARGUMENT `tensor parsing error` when malformed."""
     try:
+        dims = [d.size for d in proto.tensor_shape.dim]
+        # One typed value may stand for a whole shape: refuse shapes no real request could fill.
+        if any(d < 0 for d in dims) or np.prod(dims, dtype=np.float64) > MAX_REQUEST_ELEMENTS:
+            raise ValueError(f"shape {dims}")
         array = tf.make_ndarray(proto)
-        expected = int(np.prod([d.size for d in proto.tensor_shape.dim], dtype=np.int64))
-        if array.size != expected or any(d.size < 0 for d in proto.tensor_shape.dim):
-            raise ValueError("size")
     except Exception as error:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}") from error
     return array
-
-
-def dtype_name(datatype: int) -> str:
-    try:
-        return tf.dtypes.as_dtype(datatype).name
-    except TypeError:
-        return types_pb2.DataType.Name(datatype)
 
 
 # --- one loaded version ----------------------------------------------------------------------
@@ -152,9 +145,7 @@ class LoadedVersion:
         """(SignatureDef, function) for `name` (empty = serving_default), else FAILED_PRECONDITION."""
         name = name or DEFAULT_SIGNATURE
         if name not in self.signature_defs or name not in self.functions:
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.'
-            )
+            raise ServingError(grpc.StatusCode.FAILED_PRECONDITION, f'Serving signature key "{name}" not found.')
         return name, self.signature_defs[name], self.functions[name]
 
     def warm_up(self, run) -> int:
@@ -268,9 +259,7 @@ class ServedModel:
                 loaded = LoadedVersion(self.name, version, path)
                 warmed = loaded.warm_up(warm_up)
             except Exception as error:  # a broken version must not take the server down
-                log.error(
-                    "Loading servable version {name: %s version: %d} failed: %s", self.name, version, error
-                )
+                log.error("Loading servable version {name: %s version: %d} failed: %s", self.name, version, error)
                 with self._lock:
                     self._states[version] = (State.END, f"{type(error).__name__}: {error}")
                 continue
@@ -395,9 +384,7 @@ class ModelManager:
                 )
             states = {version: states[version]}
         if not states:
-            raise ServingError(
-                grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {model_spec.name}"
-            )
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {model_spec.name}")
         response = get_model_status_pb2.GetModelStatusResponse()
         for number in sorted(states, reverse=True):
             state, error = states[number]
@@ -409,9 +396,7 @@ class ModelManager:
         return response
 
 
-def predict_arrays(
-    version: LoadedVersion, signature_name: str, inputs: dict, output_filter=(), run=run_signature
-):
+def predict_arrays(version: LoadedVersion, signature_name: str, inputs: dict, output_filter=(), run=run_signature):
     """TF Serving's Predict checks and call on numpy inputs; returns (signature name, outputs).
 
     `run(function, inputs)` makes the call (the batching scheduler passes its own).
@@ -420,8 +405,7 @@ def predict_arrays(
     if signature_def.method_name != PREDICT_METHOD:
         raise ServingError(
             grpc.StatusCode.INTERNAL,
-            f"Expected prediction signature method_name to be {PREDICT_METHOD}. "
-            f"Was: {signature_def.method_name}",
+            f"Expected prediction signature method_name to be {PREDICT_METHOD}. Was: {signature_def.method_name}",
         )
     check_inputs(signature_def, inputs)
     aliases = check_output_filter(signature_def, output_filter)
@@ -434,9 +418,7 @@ def predict(
 ) -> predict_pb2.PredictResponse:
     """TF Serving's Predict on one loaded version, from request proto to response proto."""
     inputs = {alias: from_tensor_proto(alias, proto) for alias, proto in request.inputs.items()}
-    name, outputs = predict_arrays(
-        version, request.model_spec.signature_name, inputs, request.output_filter, run
-    )
+    name, outputs = predict_arrays(version, request.model_spec.signature_name, inputs, request.output_filter, run)
     response = predict_pb2.PredictResponse()
     response.model_spec.name = version.model_name
     response.model_spec.version.value = version.version

@@ -56,9 +56,7 @@ def class_map_png(class_ids: np.ndarray) -> bytes:
 
     class_ids = np.asarray(class_ids)
     if class_ids.min(initial=0) < 0 or class_ids.max(initial=0) > 65535:
-        raise ValueError(
-            f"class ids must lie in 0..65535. Received: range=({class_ids.min()}, {class_ids.max()})"
-        )
+        raise ValueError(f"class ids must lie in 0..65535. Received: range=({class_ids.min()}, {class_ids.max()})")
     buffer = io.BytesIO()
     if class_ids.max(initial=0) < 256:
         height, width = class_ids.shape

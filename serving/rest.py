@@ -67,14 +67,11 @@ def _to_array(alias: str, value, datatype: int) -> np.ndarray:
     try:
         if dtype == tf.string:
             array = np.array(value, dtype=object)
-            flat = array.ravel()
-            if not all(isinstance(v, (bytes, str)) for v in flat):
-                raise ValueError("expected strings")
-            return (
-                np.vectorize(lambda v: v.encode() if isinstance(v, str) else v, otypes=[object])(array)
-                if flat.size
-                else array
-            )
+            if not all(isinstance(v, (bytes, str)) for v in array.flat):
+                raise ValueError('expected strings or {"b64": ...} values')
+            strings = np.empty(array.shape, dtype=object)
+            strings.flat[:] = [v.encode() if isinstance(v, str) else v for v in array.flat]
+            return strings
         array = np.array(value)
         if array.dtype == object or array.dtype.kind not in "biuf":
             raise ValueError("ragged or non-numeric")
@@ -90,9 +87,7 @@ def _to_array(alias: str, value, datatype: int) -> np.ndarray:
 def _parse_inputs(body: dict, signature_def) -> tuple[dict, bool]:
     """Request JSON -> ({alias: array}, row_format)."""
     if ("instances" in body) == ("inputs" in body):
-        raise _bad(
-            "JSON Value must contain exactly one of 'instances' (row format) or 'inputs' (columnar format)"
-        )
+        raise _bad("JSON Value must contain exactly one of 'instances' (row format) or 'inputs' (columnar format)")
     specs = signature_def.inputs
     if "instances" in body:
         instances = _decode_b64(body["instances"])
@@ -101,26 +96,25 @@ def _parse_inputs(body: dict, signature_def) -> tuple[dict, bool]:
         named = all(isinstance(x, dict) for x in instances)
         if not named:
             if len(specs) != 1:
-                raise _bad(
-                    f"'instances' must hold objects keyed by input name; the signature has {sorted(specs)}"
-                )
+                raise _bad(f"'instances' must hold objects keyed by input name; the signature has {sorted(specs)}")
             columns = {next(iter(specs)): instances}
         else:
             names = set(instances[0])
             if any(set(x) != names for x in instances):
                 raise _bad("every element of 'instances' must name the same inputs")
             columns = {name: [x[name] for x in instances] for name in names}
-        return {
-            a: _to_array(a, v, specs[a].dtype) if a in specs else np.array(v) for a, v in columns.items()
-        }, True
+        return _arrays(columns, specs), True
     inputs = _decode_b64(body["inputs"])
     if not isinstance(inputs, dict) or (len(specs) == 1 and next(iter(specs)) not in inputs):
         if len(specs) != 1:
             raise _bad(f"'inputs' must be an object keyed by input name; the signature has {sorted(specs)}")
         inputs = {next(iter(specs)): inputs}
-    return {
-        a: _to_array(a, v, specs[a].dtype) if a in specs else np.array(v) for a, v in inputs.items()
-    }, False
+    return _arrays(inputs, specs), False
+
+
+def _arrays(values: dict, specs) -> dict:
+    # An input the signature lacks gets an empty placeholder: the name check then reports it.
+    return {a: _to_array(a, v, specs[a].dtype) if a in specs else np.empty(0) for a, v in values.items()}
 
 
 def _json_value(alias: str, array: np.ndarray):
@@ -179,9 +173,7 @@ def metadata_json(response) -> dict:
             "signature_name": "",
             "version": str(response.model_spec.version.value),
         },
-        "metadata": {
-            "signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)
-        },
+        "metadata": {"signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)},
     }
 
 

@@ -33,9 +33,7 @@ def roundtrip_check(model, images, workdir: str, model_name: str = "fcn", class_
     images = np.asarray(images, np.uint8)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be (N, H, W, 3) uint8. Received: images.shape={images.shape}")
-    result = export_saved_model(
-        model, os.path.join(workdir, model_name), class_names=class_names, verbose=False
-    )
+    result = export_saved_model(model, os.path.join(workdir, model_name), class_names=class_names, verbose=False)
     started = time.perf_counter()
     logits = np.asarray(model(images.astype(np.float32), training=False), np.float64)
     in_process_seconds = time.perf_counter() - started

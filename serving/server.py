@@ -50,9 +50,7 @@ class ServingService:
         self.scheduler = scheduler
 
     def run(self, function, inputs: dict) -> dict:
-        return (
-            self.scheduler.run(function, inputs) if self.scheduler else core.run_signature(function, inputs)
-        )
+        return self.scheduler.run(function, inputs) if self.scheduler else core.run_signature(function, inputs)
 
     def resolve(self, name: str, version: int | None = None, label: str = "") -> core.LoadedVersion:
         return self.manager.model(name, version).resolve(version, label)
@@ -60,9 +58,7 @@ class ServingService:
     def predict(self, request):
         return core.predict(self.manager.resolve(request.model_spec), request, self.run)
 
-    def predict_arrays(
-        self, version: core.LoadedVersion, signature_name: str, inputs: dict, output_filter=()
-    ):
+    def predict_arrays(self, version: core.LoadedVersion, signature_name: str, inputs: dict, output_filter=()):
         return core.predict_arrays(version, signature_name, inputs, output_filter, self.run)
 
     def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -75,9 +71,7 @@ class ServingService:
             )
         for field in fields:
             if field != "signature_def":
-                raise ServingError(
-                    grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported"
-                )
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
         return self._metadata(self.manager.resolve(request.model_spec))
 
     def metadata_for(self, name: str, version: int | None = None, label: str = ""):
@@ -110,9 +104,7 @@ class ServingService:
         version = self.resolve(**spec)
         name = signature_name or core.DEFAULT_SIGNATURE
         if name not in version.signature_defs:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT, f"No signature was found with the name: {name}"
-            )
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"No signature was found with the name: {name}")
         method = CLASSIFY_METHOD if verb == "classify" else REGRESS_METHOD
         kind = "classification" if verb == "classify" else "regression"
         was = version.signature_defs[name].method_name
@@ -133,9 +125,7 @@ def _spec_dict(model_spec) -> dict:
     return {
         "name": model_spec.name,
         "version": model_spec.version.value if model_spec.HasField("version") else None,
-        "label": model_spec.version_label
-        if model_spec.WhichOneof("version_choice") == "version_label"
-        else "",
+        "label": model_spec.version_label if model_spec.WhichOneof("version_choice") == "version_label" else "",
     }
 
 
@@ -267,9 +257,7 @@ class ModelServer:
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ]
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self._grpc_threads), options=options)
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            _PredictionService(service), self._grpc
-        )
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(service), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(service), self._grpc)
         try:
             self.grpc_port = self._grpc.add_insecure_port(f"{self._host}:{self._ports[0]}")

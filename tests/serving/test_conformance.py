@@ -364,8 +364,10 @@ def test_rest_default_signature_pixels(target):
     images = random_images(1, 8, 8, seed=13)
     code, reply = http(target, f"/v1/models/{target.model_name}:predict", {"instances": images.tolist()})
     assert code == 200, reply
-    assert_matches({k: np.array([row[k] for row in reply["predictions"]]) for k in reply["predictions"][0]},
-                   reference(target.models[target.latest], images))
+    assert_matches(
+        {k: np.array([row[k] for row in reply["predictions"]]) for k in reply["predictions"][0]},
+        reference(target.models[target.latest], images),
+    )
 
 
 @pytest.mark.parametrize(

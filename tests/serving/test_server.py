@@ -276,3 +276,23 @@ def test_reload_config_request_switches_models(base, tmp_path):
         with pytest.raises(grpc.RpcError) as caught:
             FCNClient(server.grpc_address, "fcn").status()
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_tensor_claiming_a_huge_shape_is_refused(base):
+    from tensorflow.core.framework import tensor_pb2, types_pb2
+    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
+
+    path, _ = base
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "fcn"
+    bomb = tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8, int_val=[7])  # one value for 30 G pixels
+    for size in (1, 100_000, 100_000, 3):
+        bomb.tensor_shape.dim.add(size=size)
+    request.inputs["images"].CopyFrom(bomb)
+    with ModelServer("fcn", path, port=0, rest_port=None) as server:
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            with pytest.raises(grpc.RpcError) as caught:
+                prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(request, timeout=30)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "tensor parsing error: images" in caught.value.details()
+        assert FCNClient(server.grpc_address, "fcn").status() == {1: "AVAILABLE"}
