@@ -52,7 +52,8 @@ def write_legacy_h5(model: keras.Model, path: str | os.PathLike, weight_name: st
     path = os.fspath(path)
     with h5py.File(path, "w") as f:
         names = [layer.name for layer in model.layers]
-        f.attrs["layer_names"] = [n.encode("utf8") for n in names]
+        # Keras 2 stored these name lists as fixed-length byte strings (numpy dtype "S").
+        f.attrs["layer_names"] = np.array([n.encode("utf8") for n in names])
         f.attrs["backend"] = b"tensorflow"
         f.attrs["keras_version"] = b"2.0.8"
         for layer in model.layers:
@@ -62,7 +63,7 @@ def write_legacy_h5(model: keras.Model, path: str | os.PathLike, weight_name: st
                 weight = weight_name.format(layer=layer.name, kind=kind)
                 group.create_dataset(weight, data=array)
                 weight_names.append(weight.encode("utf8"))
-            group.attrs["weight_names"] = weight_names
+            group.attrs["weight_names"] = np.array(weight_names, dtype="S") if weight_names else np.array([], "S")
     return path
 
 
