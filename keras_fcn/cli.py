@@ -65,6 +65,12 @@ def _add_export(verbs) -> None:
     )
     parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
     parser.add_argument("--class-names", default=None, help="a file with one class name a line")
+    parser.add_argument(
+        "--max-decoded-pixels",
+        type=int,
+        default=None,
+        help="most pixels serve_encoded decodes in one request (default: 33554432)",
+    )
     parser.set_defaults(run=_run_export)
 
 
@@ -83,8 +89,9 @@ def _run_export(args) -> int:
     from keras_fcn.export import export_saved_model
 
     model = keras.saving.load_model(args.model, compile=False)
+    limit = {} if args.max_decoded_pixels is None else {"max_decoded_pixels": args.max_decoded_pixels}
     try:
-        export_saved_model(model, args.output, version=args.version, class_names=class_names)
+        export_saved_model(model, args.output, version=args.version, class_names=class_names, **limit)
     except ValueError as error:
         raise CommandError(str(error)) from error
     return 0

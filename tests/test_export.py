@@ -189,3 +189,5 @@ def test_cli_export(tmp_path, capsys):
     assert read_class_names(os.path.join(base, "1")) == ["sky", "road", "car"]
     assert main(["export", "--model", str(tmp_path / "none.keras"), "--output", base]) == 2
     assert main([*argv, str(tmp_path / "names.txt"), "--version", "1"]) == 2  # exists already
+    assert main([*argv, str(tmp_path / "names.txt"), "--max-decoded-pixels", "0"]) == 2
+    assert "Received: max_decoded_pixels=0" in capsys.readouterr().err

@@ -217,6 +217,13 @@ def test_roundtrip_check(tmp_path):
     assert figures["grpc_seconds"] > 0 and figures["in_process_seconds"] > 0
 
 
+def test_serve_cli_refuses_incomplete_flags(capsys):
+    assert main(["serve", "--port", "0"]) == 2
+    assert "--model-base-path" in capsys.readouterr().err
+    assert main(["serve", "--model-base-path", "x", "--batching-parameters-file", "f"]) == 2
+    assert "--enable-batching" in capsys.readouterr().err
+
+
 def test_client_argument_checks():
     with pytest.raises(ValueError, match="Received: address"):
         FCNClient("localhost", "fcn")
