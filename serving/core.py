@@ -250,7 +250,7 @@ class ServedModel:
         aspired = self.aspired(list_versions(self.config.base_path))
         for version in aspired:
             if version in self._states:
-                continue  # loaded, or failed: TF Serving does not retry a failed version
+                continue  # loaded, or failed once: a broken version is not retried (TF Serving retries a few times)
             with self._lock:
                 self._states[version] = (State.LOADING, "")
             path = os.path.join(self.config.base_path, str(version))

@@ -2,8 +2,8 @@
 
 It runs where `tensorflow_model_server` cannot be installed (tests, laptops without Docker) and
 answers as TF Serving does: the same protos (`tensorflow_serving.apis`), version folders, status
-codes and JSON. `keras-fcn serve` wraps `ModelServer`; the same flags as `tensorflow_model_server`
-are accepted.
+codes and JSON. `keras-fcn serve` wraps `ModelServer`; its main flags also take the spelling of
+`tensorflow_model_server` (`--model_base_path`, `--rest_api_port`, ...).
 
 Example:
 >>> with ModelServer(model_name="fcn", model_base_path="models/fcn", port=0, rest_port=0) as server:
