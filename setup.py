@@ -16,8 +16,16 @@ setup(
     # serving/ stays a top-level folder (deployment files beside the code) yet imports as keras_fcn.serving.
     packages=find_packages(include=["keras_fcn", "keras_fcn.*"]) + ["keras_fcn.serving"],
     package_dir={"keras_fcn.serving": "serving"},
+    # The TF Serving deployment files travel with the serving package.
+    package_data={
+        "keras_fcn.serving": ["models.config", "batching_parameters.txt", "docker-compose.yml"],
+        # the reference's seg11valid split list (PASCAL VOC image ids)
+        "keras_fcn.data": ["seg11valid.txt"],
+    },
     install_requires=[
         f"tensorflow=={TF_MINOR}.*",
+        f"tensorflow-serving-api=={TF_MINOR}.*",
+        "grpcio>=1.60",
         "keras>=3.10,<4",
         "tensorflow-datasets>=4.9",
         "numpy>=1.26",
@@ -32,6 +40,7 @@ setup(
         "dev": [
             "pytest>=8",
             "pytest-timeout>=2.3",
+            "pyyaml>=6",
             "ruff>=0.6",
             # the quickstart notebook is executed by a test
             "nbclient>=0.9",

@@ -6,6 +6,7 @@ Importing the package registers its Keras layers, so `keras.saving.load_model("m
 __version__ = "0.1.0"
 
 from keras_fcn.convolutionalize import convolutionalize
+from keras_fcn.export import export_saved_model
 from keras_fcn.layers import BilinearUpsampling, CaffePreprocessing, CropToReference, PadToMultiple
 from keras_fcn.models import VARIANTS, build_fcn, fcn8s, fcn8s_at_once, fcn16s, fcn32s
 from keras_fcn.weights import load_backbone_weights, transfer_weights
@@ -18,6 +19,7 @@ __all__ = [
     "PadToMultiple",
     "build_fcn",
     "convolutionalize",
+    "export_saved_model",
     "fcn8s",
     "fcn8s_at_once",
     "fcn16s",

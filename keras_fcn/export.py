@@ -1,0 +1,290 @@
+"""SavedModel export with TF Serving signatures, class names and a warm-up file.
+
+`export_saved_model(model, "models/fcn")` writes `models/fcn/<N>/` for TensorFlow Serving:
+
+- `serving_default`: `images` uint8 `(N, H, W, 3)` -> `class_ids` int32 `(N, H, W)`,
+  `probabilities` float32 `(N, H, W, C)`.
+- `serve_encoded`: `image_bytes` string `(N,)` of JPEG or PNG -> `class_ids`, `probabilities` and
+  `class_map_png_bytes` string `(N,)` (one PNG of the class ids per image).
+- `assets.extra/class_names.txt` (one name a line) and `assets.extra/tf_serving_warmup_requests`
+  (a TFRecord of `PredictionLog`, replayed by TF Serving before it marks the version AVAILABLE).
+
+The version folder is written under a hidden temporary name, reloaded and compared with the Keras
+model, then renamed into place, so a server polling the base path never sees half a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+
+import numpy as np
+
+SERVING_DEFAULT = "serving_default"
+SERVE_ENCODED = "serve_encoded"
+# Folder TF Serving leaves to the model owner; files in it are ignored by the SavedModel loader.
+ASSETS_EXTRA = "assets.extra"
+CLASS_NAMES_FILE = "class_names.txt"
+WARMUP_FILE = "tf_serving_warmup_requests"
+# Decoded pixels allowed in one `serve_encoded` request (all images together): a 20 kB PNG can
+# claim 50000x50000 pixels, so sizes are read from the headers and checked before decoding.
+DEFAULT_MAX_DECODED_PIXELS = 1 << 25  # 33.5 M pixels, e.g. 8 images of 2048x2048
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportResult:
+    """What `export_saved_model` wrote and how closely the reloaded SavedModel matches the model.
+
+    Attributes:
+        path: the version folder, `base_path/<version>`.
+        version: the version number.
+        max_abs_difference: largest |probability difference| between the reloaded SavedModel
+            (both signatures) and the Keras model on the probe image.
+        class_agreement: fraction of probe pixels whose class id agrees.
+    """
+
+    path: str
+    version: int
+    max_abs_difference: float
+    class_agreement: float
+
+
+def list_versions(base_path: str) -> list[int]:
+    """Numeric version folders under `base_path`, as TF Serving reads them (`007` is 7), sorted.
+
+    Non-numeric entries (such as export temporaries) are ignored; a missing folder has no versions.
+    """
+    if not os.path.isdir(base_path):
+        return []
+    return sorted(
+        int(entry)
+        for entry in os.listdir(base_path)
+        if entry.isdigit() and os.path.isdir(os.path.join(base_path, entry))
+    )
+
+
+def read_class_names(version_path: str) -> list[str] | None:
+    """The class names stored beside an exported version, or None when it has none."""
+    path = os.path.join(version_path, ASSETS_EXTRA, CLASS_NAMES_FILE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f]
+
+
+def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> dict:
+    """The two serving `tf.function`s around `model`, keyed by signature name.
+
+    Args:
+        model: a Keras model with input `images` (N, H, W, 3) RGB 0..255 and output logits
+            (N, H, W, C).
+        max_decoded_pixels: the most pixels `serve_encoded` decodes in one request.
+
+    Returns:
+        `{"serving_default": fn(images), "serve_encoded": fn(image_bytes)}` with input signatures.
+    """
+    import tensorflow as tf
+
+    num_classes = int(model.outputs[0].shape[-1])
+    # PNG holds 8 or 16 bits a pixel: class ids beyond 255 need the 16-bit form.
+    png_dtype = tf.uint8 if num_classes <= 256 else tf.uint16
+
+    def predict(images):
+        # Outputs stay float32 even when the model computes in float16 (mixed precision).
+        logits = tf.cast(model(tf.cast(images, tf.float32), training=False), tf.float32)
+        return {
+            "class_ids": tf.argmax(logits, axis=-1, output_type=tf.int32),  # (N, H, W)
+            "probabilities": tf.nn.softmax(logits, axis=-1),  # (N, H, W, C)
+        }
+
+    @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
+    def serving_default(images):
+        return predict(images)
+
+    def image_size(data):
+        # (height, width) from the header alone, so nothing is decompressed before the checks.
+        is_png = tf.logical_and(tf.strings.length(data) >= 24, tf.equal(tf.strings.substr(data, 0, 8), _PNG_SIGNATURE))
+        is_jpeg = tf.io.is_jpeg(data)
+        known = tf.debugging.Assert(
+            tf.logical_or(is_png, is_jpeg),
+            ["image_bytes must hold JPEG or PNG images; received one that is neither (empty or corrupt)"],
+        )
+        with tf.control_dependencies([known]):
+            return tf.cond(
+                is_jpeg,
+                lambda: tf.cast(tf.image.extract_jpeg_shape(data)[:2], tf.int64),
+                # IHDR: width then height, big-endian 32-bit, at bytes 16..23.
+                lambda: tf.cast(
+                    tf.reverse(tf.io.decode_raw(tf.strings.substr(data, 16, 8), tf.int32, False), [0]),
+                    tf.int64,
+                ),
+            )
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_encoded(image_bytes):
+        count = tf.debugging.Assert(
+            tf.size(image_bytes) > 0, ["image_bytes must hold at least one image; received none"]
+        )
+        with tf.control_dependencies([count]):
+            sizes = tf.map_fn(image_size, image_bytes, fn_output_signature=tf.TensorSpec([2], tf.int64))
+        same = tf.debugging.Assert(
+            tf.reduce_all(tf.equal(sizes, sizes[:1])),
+            [tf.strings.format("images in one request must share a size; received (height, width) sizes {}", sizes)],
+        )
+        pixels = tf.reduce_sum(sizes[:, 0] * sizes[:, 1])
+        small = tf.debugging.Assert(
+            pixels <= max_decoded_pixels,
+            [
+                tf.strings.format(
+                    "images too large: {} decoded pixels in one request, the limit is {}",
+                    (pixels, tf.constant(max_decoded_pixels, tf.int64)),
+                )
+            ],
+        )
+        with tf.control_dependencies([same, small]):
+            images = tf.map_fn(
+                lambda data: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
+                image_bytes,
+                fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
+            )  # (N, H, W, 3)
+        outputs = predict(images)
+        outputs["class_map_png_bytes"] = tf.map_fn(
+            lambda ids: tf.io.encode_png(tf.cast(ids, png_dtype)[..., None]),
+            outputs["class_ids"],
+            fn_output_signature=tf.TensorSpec([], tf.string),
+        )
+        return outputs
+
+    return {SERVING_DEFAULT: serving_default, SERVE_ENCODED: serve_encoded}
+
+
+def export_saved_model(
+    model,
+    base_path: str,
+    version: int | None = None,
+    class_names: Sequence[str] | None = None,
+    *,
+    max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
+    probe_size: tuple[int, int] = (64, 64),
+    verbose: bool = True,
+) -> ExportResult:
+    """Writes `model` as SavedModel version `base_path/<version>` with TF Serving signatures.
+
+    Args:
+        model: a Keras FCN (input `images` RGB 0..255 `(N, H, W, 3)`, output logits `(N, H, W, C)`).
+        base_path: the model's base path, holding one numeric folder per version.
+        version: the version number; None picks the next one (1 for an empty base path).
+        class_names: C names stored in `assets.extra/class_names.txt`; None writes `class_0`, ...
+        max_decoded_pixels: the most pixels `serve_encoded` decodes in one request.
+        probe_size: (height, width) of the random probe image used for the warm-up requests and
+            the reload-and-compare check.
+        verbose: print the path and the largest difference found by the check.
+
+    Returns:
+        An `ExportResult` (path, version, largest probability difference, class agreement).
+
+    Raises:
+        ValueError: on a bad version, class name count or pixel limit, or when the version exists.
+
+    Example:
+    >>> result = export_saved_model(model, "models/fcn")  # doctest: +SKIP
+    >>> result.path  # doctest: +SKIP
+    'models/fcn/1'
+    """
+    import keras
+    import tensorflow as tf
+
+    num_classes = int(model.outputs[0].shape[-1])
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or version < 0):
+        raise ValueError(f"version must be a non-negative integer or None. Received: version={version!r}")
+    if class_names is None:
+        class_names = [f"class_{i}" for i in range(num_classes)]
+    class_names = [str(name) for name in class_names]
+    if len(class_names) != num_classes or any("\n" in name for name in class_names):
+        raise ValueError(
+            f"class_names must hold {num_classes} names (one per model class) without newlines. "
+            f"Received: class_names={class_names!r}"
+        )
+    if max_decoded_pixels < 1:
+        raise ValueError(f"max_decoded_pixels must be positive. Received: max_decoded_pixels={max_decoded_pixels}")
+
+    os.makedirs(base_path, exist_ok=True)
+    if version is None:
+        version = (list_versions(base_path) or [0])[-1] + 1
+    final_path = os.path.join(base_path, str(version))
+    if os.path.exists(final_path):
+        raise ValueError(f"version {version} already exists in {base_path}. Received: version={version}")
+
+    functions = build_serving_functions(model, max_decoded_pixels)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    for name, function in functions.items():
+        archive.add_endpoint(name, function)
+
+    # A hidden, non-numeric sibling: same file system (so the rename is atomic), ignored by servers.
+    tmp_path = tempfile.mkdtemp(prefix=f".export-{version}-", dir=base_path)
+    try:
+        archive.write_out(tmp_path, verbose=False)
+        height, width = probe_size
+        if height * width > max_decoded_pixels:  # the probe must pass serve_encoded's own limit
+            scale = (max_decoded_pixels / (height * width)) ** 0.5
+            height, width = max(int(height * scale), 1), max(int(width * scale), 1)
+        probe = np.random.default_rng(0).integers(0, 256, (1, height, width, 3), dtype=np.uint8)
+        probe_png = tf.io.encode_png(probe[0]).numpy()
+        extra = os.path.join(tmp_path, ASSETS_EXTRA)
+        os.makedirs(extra, exist_ok=True)
+        with open(os.path.join(extra, CLASS_NAMES_FILE), "w", encoding="utf-8") as f:
+            f.write("".join(name + "\n" for name in class_names))
+        write_warmup_requests(os.path.join(extra, WARMUP_FILE), probe, probe_png)
+        difference, agreement = _compare_with_model(tmp_path, model, probe, probe_png)
+        os.chmod(tmp_path, 0o755)  # mkdtemp makes it private; servers may run as another user
+        os.rename(tmp_path, final_path)
+    except BaseException:
+        shutil.rmtree(tmp_path, ignore_errors=True)
+        raise
+    result = ExportResult(final_path, version, difference, agreement)
+    if verbose:
+        print(
+            f"Exported version {version} to {final_path}: reloaded SavedModel vs Keras model on a "
+            f"{probe.shape[1]}x{probe.shape[2]} probe: max |probability difference| {difference:.3g}, "
+            f"class ids agree on {100 * agreement:.2f}% of pixels"
+        )
+    return result
+
+
+def write_warmup_requests(path: str, probe: np.ndarray, probe_png: bytes) -> None:
+    """Writes one warm-up `PredictionLog` per signature (a TFRecord file TF Serving replays on load)."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    requests = [
+        predict_pb2.PredictRequest(inputs={"images": tf.make_tensor_proto(probe)}),
+        predict_pb2.PredictRequest(inputs={"image_bytes": tf.make_tensor_proto([probe_png])}),
+    ]
+    requests[0].model_spec.signature_name = SERVING_DEFAULT
+    requests[1].model_spec.signature_name = SERVE_ENCODED
+    with tf.io.TFRecordWriter(path) as writer:
+        for request in requests:
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def _compare_with_model(path: str, model, probe: np.ndarray, probe_png: bytes) -> tuple[float, float]:
+    """Reloads the SavedModel at `path`; compares both signatures with a numpy softmax of the model."""
+    import tensorflow as tf
+
+    logits = np.asarray(model(probe.astype(np.float32), training=False), np.float64)
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    loaded = tf.saved_model.load(path)
+    answers = [
+        loaded.signatures[SERVING_DEFAULT](images=tf.constant(probe)),
+        loaded.signatures[SERVE_ENCODED](image_bytes=tf.constant([probe_png])),
+    ]
+    difference = max(float(np.abs(a["probabilities"].numpy() - expected).max()) for a in answers)
+    agreement = min(float(np.mean(a["class_ids"].numpy() == expected.argmax(-1))) for a in answers)
+    return difference, agreement

@@ -1,0 +1,304 @@
+"""A local server speaking TensorFlow Serving's gRPC and REST APIs over exported SavedModels.
+
+It runs where `tensorflow_model_server` cannot be installed (tests, laptops without Docker) and
+answers as TF Serving does: the same protos (`tensorflow_serving.apis`), version folders, status
+codes and JSON. `keras-fcn serve` wraps `ModelServer`; its main flags also take the spelling of
+`tensorflow_model_server` (`--model_base_path`, `--rest_api_port`, ...).
+
+Example:
+>>> with ModelServer(model_name="fcn", model_base_path="models/fcn", port=0, rest_port=0) as server:
+...     print(server.grpc_address)  # doctest: +SKIP
+127.0.0.1:40123
+"""
+
+from __future__ import annotations
+
+import threading
+from concurrent import futures
+
+import grpc
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    model_management_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
+)
+from tensorflow_serving.apis import model_pb2 as _model_pb2
+
+from . import core
+from .batching import BatchScheduler
+from .config import (
+    BatchingParameters,
+    model_config,
+    parse_batching_parameters,
+    read_model_config_file,
+    validate_model_configs,
+)
+from .core import ServingError, log
+from .rest import RestServer, make_handler
+
+MAX_MESSAGE_BYTES = 1 << 30  # gRPC message limit both ways: 1 GiB, as TF Serving sets it
+CLASSIFY_METHOD = "tensorflow/serving/classify"
+REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+class ServingService:
+    """The requests both front ends answer, on a `ModelManager` (and a batch scheduler if enabled)."""
+
+    def __init__(self, manager: core.ModelManager, scheduler: BatchScheduler | None = None):
+        self.manager = manager
+        self.scheduler = scheduler
+
+    def run(self, function, inputs: dict) -> dict:
+        return self.scheduler.run(function, inputs) if self.scheduler else core.run_signature(function, inputs)
+
+    def resolve(self, name: str, version: int | None = None, label: str = "") -> core.LoadedVersion:
+        return self.manager.model(name, version).resolve(version, label)
+
+    def predict(self, request):
+        return core.predict(self.manager.resolve(request.model_spec), request, self.run)
+
+    def predict_arrays(self, version: core.LoadedVersion, signature_name: str, inputs: dict, output_filter=()):
+        return core.predict_arrays(version, signature_name, inputs, output_filter, self.run)
+
+    def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        """`GetModelMetadata`: only the `signature_def` field exists, as in TF Serving."""
+        fields = list(request.metadata_field)
+        if not fields:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "GetModelMetadataRequest must specify at least one metadata_field",
+            )
+        for field in fields:
+            if field != "signature_def":
+                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
+        return self._metadata(self.manager.resolve(request.model_spec))
+
+    def metadata_for(self, name: str, version: int | None = None, label: str = ""):
+        return self._metadata(self.resolve(name, version, label))
+
+    @staticmethod
+    def _metadata(version: core.LoadedVersion) -> get_model_metadata_pb2.GetModelMetadataResponse:
+        signatures = get_model_metadata_pb2.SignatureDefMap()
+        for name, signature_def in version.signature_defs.items():
+            signatures.signature_def[name].CopyFrom(signature_def)
+        response = get_model_metadata_pb2.GetModelMetadataResponse()
+        response.model_spec.name = version.model_name
+        response.model_spec.version.value = version.version
+        response.metadata["signature_def"].Pack(signatures)
+        return response
+
+    def status(self, request):
+        return self.manager.status(request.model_spec)
+
+    def status_for(self, name: str, version: int | None = None, label: str = ""):
+        if label:  # a label names one version: report that one
+            version = self.resolve(name, None, label).version
+        spec = _model_pb2.ModelSpec(name=name)
+        if version is not None:
+            spec.version.value = version
+        return self.manager.status(spec)
+
+    def classify_or_regress(self, verb: str, spec: dict, signature_name: str) -> None:
+        """Classify/Regress: TF Serving's answers for a model whose signatures are predict-style."""
+        version = self.resolve(**spec)
+        name = signature_name or core.DEFAULT_SIGNATURE
+        if name not in version.signature_defs:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"No signature was found with the name: {name}")
+        method = CLASSIFY_METHOD if verb == "classify" else REGRESS_METHOD
+        kind = "classification" if verb == "classify" else "regression"
+        was = version.signature_defs[name].method_name
+        if was != method:
+            raise ServingError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"Expected {kind} signature method_name to be {method}. Was: {was}",
+            )
+        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} signatures are not served by this server")
+
+    def reload(self, request):
+        configs = validate_model_configs(list(request.config.model_config_list.config), "ReloadConfigRequest")
+        self.manager.reload(configs)
+        return model_management_pb2.ReloadConfigResponse()
+
+
+def _spec_dict(model_spec) -> dict:
+    return {
+        "name": model_spec.name,
+        "version": model_spec.version.value if model_spec.HasField("version") else None,
+        "label": model_spec.version_label if model_spec.WhichOneof("version_choice") == "version_label" else "",
+    }
+
+
+def _answer(context, handler, request):
+    """Runs a handler; a ServingError becomes its gRPC status, anything else INTERNAL (server stays up)."""
+    try:
+        return handler(request)
+    except ServingError as error:
+        context.abort(error.code, error.message)
+    except Exception as error:
+        log.exception("gRPC request failed")
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"[: core.MAX_ERROR_CHARS])
+
+
+class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
+    def __init__(self, service: ServingService):
+        self.service = service
+
+    def Predict(self, request, context):  # noqa: N802 - gRPC method names
+        return _answer(context, self.service.predict, request)
+
+    def GetModelMetadata(self, request, context):  # noqa: N802
+        return _answer(context, self.service.metadata, request)
+
+    def Classify(self, request, context):  # noqa: N802
+        return _answer(
+            context,
+            lambda r: self.service.classify_or_regress(
+                "classify", _spec_dict(r.model_spec), r.model_spec.signature_name
+            ),
+            request,
+        )
+
+    def Regress(self, request, context):  # noqa: N802
+        return _answer(
+            context,
+            lambda r: self.service.classify_or_regress(
+                "regress", _spec_dict(r.model_spec), r.model_spec.signature_name
+            ),
+            request,
+        )
+
+
+class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
+    def __init__(self, service: ServingService):
+        self.service = service
+
+    def GetModelStatus(self, request, context):  # noqa: N802
+        return _answer(context, self.service.status, request)
+
+    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        return _answer(context, self.service.reload, request)
+
+
+class ModelServer:
+    """TF Serving's gRPC (PredictionService, ModelService) and REST APIs for local use.
+
+    Args:
+        model_name: the model's name (with `model_base_path`), or None with `model_config_file`.
+        model_base_path: a folder of numeric version folders; the latest version is served.
+        model_config_file: a `ModelServerConfig` text file (several models, version policies, labels).
+        port: gRPC port; 0 picks a free one (see `grpc_port`).
+        rest_port: REST port; 0 picks a free one, None turns REST off.
+        host: the address to bind; 127.0.0.1 unless told otherwise.
+        enable_batching: batch concurrent requests to the same signature.
+        batching_parameters: a `BatchingParameters` or the path of a text file; None: defaults.
+        poll_seconds: how often the base paths are scanned for new versions.
+        grpc_threads: worker threads of the gRPC server.
+
+    Raises:
+        ValueError: on a missing model name/base path or a bad configuration file.
+        RuntimeError: from `start()` when a port cannot be bound.
+    """
+
+    def __init__(
+        self,
+        model_name: str | None = None,
+        model_base_path: str | None = None,
+        *,
+        model_config_file: str | None = None,
+        port: int = 8500,
+        rest_port: int | None = 8501,
+        host: str = "127.0.0.1",
+        enable_batching: bool = False,
+        batching_parameters: BatchingParameters | str | None = None,
+        poll_seconds: float = 1.0,
+        grpc_threads: int = 16,
+    ):
+        if model_config_file:
+            configs = read_model_config_file(model_config_file)
+        elif model_name and model_base_path:
+            configs = [model_config(model_name, model_base_path)]
+        else:
+            raise ValueError(
+                "give model_name and model_base_path, or model_config_file. "
+                f"Received: model_name={model_name!r}, model_base_path={model_base_path!r}"
+            )
+        if isinstance(batching_parameters, str):
+            with open(batching_parameters, encoding="utf-8") as f:
+                batching_parameters = parse_batching_parameters(f.read())
+        self.batching_parameters = (batching_parameters or BatchingParameters()) if enable_batching else None
+        self._configs, self._host, self._ports = configs, host, (port, rest_port)
+        self._poll_seconds, self._grpc_threads = poll_seconds, grpc_threads
+        self.grpc_port = self.rest_port = None
+        self._grpc = self._rest = self._manager = self.scheduler = None
+        self._stopped = threading.Event()
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self._host}:{self.grpc_port}"
+
+    @property
+    def rest_address(self) -> str | None:
+        return f"http://{self._host}:{self.rest_port}" if self.rest_port else None
+
+    def start(self) -> ModelServer:
+        """Loads the versions present, then opens the gRPC and REST ports and starts polling."""
+        self.scheduler = BatchScheduler(self.batching_parameters) if self.batching_parameters else None
+        service = ServingService(None, self.scheduler)
+        self._manager = core.ModelManager(
+            self._configs,
+            self._poll_seconds,
+            run_warm_up=lambda version, request: core.predict(version, request),
+        )
+        service.manager = self._manager
+        self._manager.start()
+        options = [
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ]
+        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self._grpc_threads), options=options)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(service), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(service), self._grpc)
+        try:
+            self.grpc_port = self._grpc.add_insecure_port(f"{self._host}:{self._ports[0]}")
+        except RuntimeError as error:
+            self.stop()
+            raise RuntimeError(f"cannot bind gRPC port {self._host}:{self._ports[0]}: {error}") from error
+        if not self.grpc_port:
+            self.stop()
+            raise RuntimeError(f"cannot bind gRPC port {self._host}:{self._ports[0]}")
+        self._grpc.start()
+        log.info("Running gRPC ModelServer at %s ...", self.grpc_address)
+        if self._ports[1] is not None:
+            try:
+                self._rest = RestServer((self._host, self._ports[1]), make_handler(service))
+            except OSError as error:
+                self.stop()
+                raise RuntimeError(f"cannot bind REST port {self._host}:{self._ports[1]}: {error}") from error
+            self.rest_port = self._rest.server_address[1]
+            threading.Thread(target=self._rest.serve_forever, name="rest", daemon=True).start()
+            log.info("Exporting HTTP/REST API at:%s ...", self.rest_address)
+        return self
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stops accepting requests, lets those in flight finish for `grace` seconds, stops polling."""
+        if self._rest is not None:
+            self._rest.shutdown()
+            self._rest.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace).wait()
+        if self._manager is not None:
+            self._manager.stop()
+        if self.scheduler is not None:
+            self.scheduler.stop()
+        self._stopped.set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Blocks until `stop()` (True) or the timeout (False)."""
+        return self._stopped.wait(timeout)
+
+    def __enter__(self) -> ModelServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

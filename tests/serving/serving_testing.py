@@ -1,0 +1,80 @@
+"""Helpers of the serving tests: tiny FCNs with random score weights, reference answers, images."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import grpc
+import numpy as np
+
+NUM_CLASSES = 21
+
+
+# A VGG16-topology backbone narrow enough for fast tests.
+TINY = {"backbone_filters": (4, 8, 16, 32, 32), "fc_units": 32}
+
+
+def build_test_model(num_classes: int = NUM_CLASSES, seed: int = 0, variant: str = "fcn8s", **kwargs):
+    """A narrow FCN whose score layers hold seeded random weights (a fresh FCN scores all zeros)."""
+    import keras
+
+    import keras_fcn
+
+    keras.utils.set_random_seed(seed)
+    model = keras_fcn.build_fcn(variant, num_classes, **{**TINY, **kwargs})
+    randomize_scores(model, seed)
+    return model
+
+
+def randomize_scores(model, seed: int, std: float = 0.5) -> None:
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        if layer.name.startswith("score"):
+            layer.set_weights([rng.normal(0, std, w.shape).astype(np.float32) for w in layer.get_weights()])
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    logits = np.asarray(logits, np.float64)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def reference(model, images: np.ndarray) -> np.ndarray:
+    """The in-process answer: numpy softmax of the Keras model's logits, (N, H, W, C) float64."""
+    return softmax(np.asarray(model(np.asarray(images, np.float32), training=False)))
+
+
+def confident(probabilities: np.ndarray, margin: float = 1e-4) -> np.ndarray:
+    """Pixels whose top two probabilities differ by more than `margin` (argmax is well defined)."""
+    top = np.sort(probabilities, axis=-1)
+    return top[..., -1] - top[..., -2] > margin
+
+
+def random_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth random uint8 images (blobs rather than noise, so JPEG keeps them close)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, max(height // 8, 1), max(width // 8, 1), 3)).astype(np.float32)
+    big = np.repeat(np.repeat(small, 8, axis=1), 8, axis=2)[:, :height, :width]
+    big = np.pad(big, ((0, 0), (0, height - big.shape[1]), (0, width - big.shape[2]), (0, 0)), mode="edge")
+    return big.astype(np.uint8)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except grpc.RpcError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)
