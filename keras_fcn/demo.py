@@ -50,6 +50,7 @@ class DemoResult:
     history: dict
     output_dir: str
     seconds: float
+    class_names: tuple[str, ...] = ()
 
 
 def run_demo(
@@ -143,7 +144,9 @@ def run_demo(
     print(report)
     print(f"\nkeras_fcn demo: finished in {seconds:.0f} s; overlays (truth | prediction) in {overlay_dir}, ")
     print(f"training curves in {os.path.join(output_dir, 'training_curves.png')}")
-    return DemoResult(result.model, images, masks, predictions, scores, result.history, output_dir, seconds)
+    return DemoResult(
+        result.model, images, masks, predictions, scores, result.history, output_dir, seconds, held_out.class_names
+    )
 
 
 def _side_by_side(left, right):

@@ -24,6 +24,7 @@ def test_run_demo_small(tmp_path, capsys):
         assert line in printed
     assert result.images.shape == (6, 48, 48, 3) and result.images.dtype == np.uint8
     assert result.masks.shape == result.predictions.shape == (6, 48, 48)
+    assert result.class_names == ("background", "disc", "square", "triangle", "cross")
     # the reported scores are those of the returned model on the returned held-out images
     predictions = result.model.predict(result.images.astype("float32"), verbose=0).argmax(-1)
     np.testing.assert_array_equal(predictions, result.predictions)
