@@ -128,8 +128,9 @@ def run_demo(
         handle.write(f"{scores['num_images']} held-out images, {image_size}x{image_size}\n{report}\n")
     print(f"\nkeras_fcn demo: held-out set, {scores['num_images']} images at full resolution")
     print(report)
-    print(f"\nkeras_fcn demo: finished in {seconds:.0f} s; overlays (truth | prediction) in {overlay_dir}, ")
-    print(f"training curves in {os.path.join(output_dir, 'training_curves.png')}")
+    print(f"\nkeras_fcn demo: finished in {seconds:.0f} s")
+    print(f"keras_fcn demo: overlays (truth | prediction) in {overlay_dir}")
+    print(f"keras_fcn demo: training curves in {os.path.join(output_dir, 'training_curves.png')}")
     return DemoResult(
         result.model, images, masks, predictions, scores, result.history, output_dir, seconds, held_out.class_names
     )
