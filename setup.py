@@ -17,7 +17,11 @@ setup(
     packages=find_packages(include=["keras_fcn", "keras_fcn.*"]) + ["keras_fcn.serving"],
     package_dir={"keras_fcn.serving": "serving"},
     # The TF Serving deployment files travel with the serving package.
-    package_data={"keras_fcn.serving": ["models.config", "batching_parameters.txt", "docker-compose.yml"]},
+    package_data={
+        "keras_fcn.serving": ["models.config", "batching_parameters.txt", "docker-compose.yml"],
+        # the reference's seg11valid split list (PASCAL VOC image ids)
+        "keras_fcn.data": ["seg11valid.txt"],
+    },
     install_requires=[
         f"tensorflow=={TF_MINOR}.*",
         f"tensorflow-serving-api=={TF_MINOR}.*",
@@ -27,6 +31,10 @@ setup(
         "numpy>=1.26",
         "h5py>=3.10",
         "pillow>=10",
+        # training: TensorBoard logs, SBD's .mat masks, training-curve plots
+        "tensorboard>=2.16",
+        "scipy>=1.10",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "dev": [
@@ -34,6 +42,10 @@ setup(
             "pytest-timeout>=2.3",
             "pyyaml>=6",
             "ruff>=0.6",
+            # the quickstart notebook is executed by a test
+            "nbclient>=0.9",
+            "nbformat>=5.9",
+            "ipykernel>=6.25",
         ],
     },
     entry_points={"console_scripts": ["keras-fcn=keras_fcn.cli:main"]},

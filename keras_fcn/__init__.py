@@ -27,3 +27,35 @@ __all__ = [
     "load_backbone_weights",
     "transfer_weights",
 ]
+
+# Training, evaluation and prediction: keras_fcn.data (sources, tf.data pipeline) → keras_fcn.metrics →
+# keras_fcn.train(...) → keras_fcn.evaluate(...) / predict.
+from keras_fcn import data, metrics  # noqa: E402
+from keras_fcn.evaluate import evaluate  # noqa: E402
+from keras_fcn.metrics import (  # noqa: E402
+    FrequencyWeightedIU,
+    MeanAccuracy,
+    MeanIU,
+    PixelAccuracy,
+    SegmentationLoss,
+    segmentation_metrics,
+)
+from keras_fcn.predict import predict_files, predict_masks  # noqa: E402
+from keras_fcn.train import TrainConfig, TrainResult, train  # noqa: E402
+
+__all__ += [
+    "FrequencyWeightedIU",
+    "MeanAccuracy",
+    "MeanIU",
+    "PixelAccuracy",
+    "SegmentationLoss",
+    "TrainConfig",
+    "TrainResult",
+    "data",
+    "evaluate",
+    "metrics",
+    "predict_files",
+    "predict_masks",
+    "segmentation_metrics",
+    "train",
+]

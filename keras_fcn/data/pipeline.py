@@ -1,0 +1,186 @@
+"""The tf.data input pipeline: decode in parallel, cache, shuffle, augment on the graph, batch, prefetch.
+
+Augmentation moves image and mask together (the same scale, crop offsets and flip for both):
+random scale in `scale_range` (bilinear for the image, nearest for the mask), padding up to the crop size
+with the mean pixel (zero after the model's mean subtraction) and label 255, a random crop, a random
+horizontal flip. Random numbers come from stateless ops seeded per element from `tf.data.Dataset.random`,
+so a pipeline built with a seed yields the same batches every time, and different ones every epoch.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from keras_fcn.data.files import IGNORE_LABEL
+from keras_fcn.data.sources import Source
+
+# The reference's mean pixel (BGR 104.00699, 116.66877, 122.67892) in RGB order: padding with it gives
+# zeros after the model's own mean subtraction.
+MEAN_RGB = (122.67892, 116.66877, 104.00699)
+# Cache decoded examples in memory when they take less than this ("cache where it fits").
+CACHE_LIMIT_BYTES = 2 * 1024**3
+
+
+def augment(
+    image: tf.Tensor,
+    mask: tf.Tensor,
+    seed: tf.Tensor,
+    crop_size: tuple[int, int] | None = None,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    flip: bool = True,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random scale, pad, crop and flip applied identically to an image and its mask.
+
+    Args:
+        image: `(H, W, 3)` image, any real or uint8 dtype (pixel values 0..255).
+        mask: `(H, W)` uint8 class ids.
+        seed: int32/int64 tensor of shape `(2,)` for the stateless random ops.
+        crop_size: `(height, width)` of the output, or None to keep the scaled size.
+        scale_range: `(low, high)` of the random scale factor; `(1, 1)` turns scaling off.
+        flip: random horizontal flip.
+
+    Returns:
+        `(image float32 (h, w, 3), mask uint8 (h, w))`.
+    """
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=4)
+    image = tf.cast(image, tf.float32)
+    mask = tf.cast(mask, tf.uint8)[..., None]  # (H, W, 1) for the image ops
+    low, high = scale_range
+    if (low, high) != (1.0, 1.0):
+        scale = tf.random.stateless_uniform((), seeds[0], low, high)
+        size = tf.cast(tf.shape(image)[:2], tf.float32)
+        new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
+        image = tf.image.resize(image, new_size, method="bilinear")
+        mask = tf.image.resize(mask, new_size, method="nearest")
+    if crop_size is not None:
+        crop_h, crop_w = crop_size
+        image, mask = _pad_to(image, mask, crop_h, crop_w)
+        shape = tf.shape(image)
+        top = tf.random.stateless_uniform((), seeds[1], 0, shape[0] - crop_h + 1, dtype=tf.int32)
+        left = tf.random.stateless_uniform((), seeds[2], 0, shape[1] - crop_w + 1, dtype=tf.int32)
+        image = tf.ensure_shape(image[top : top + crop_h, left : left + crop_w], (crop_h, crop_w, 3))
+        mask = tf.ensure_shape(mask[top : top + crop_h, left : left + crop_w], (crop_h, crop_w, 1))
+    if flip:
+        do_flip = tf.random.stateless_uniform((), seeds[3]) < 0.5
+        image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
+        mask = tf.cond(do_flip, lambda: tf.reverse(mask, [1]), lambda: mask)
+    return image, mask[..., 0]
+
+
+def _pad_to(image, mask, height, width):
+    """Pads at the bottom and right up to `(height, width)`: image with the mean pixel, mask with 255."""
+    shape = tf.shape(image)
+    pad_h = tf.maximum(height - shape[0], 0)
+    pad_w = tf.maximum(width - shape[1], 0)
+    paddings = [[0, pad_h], [0, pad_w], [0, 0]]
+    mean = tf.constant(MEAN_RGB, tf.float32)
+    image = tf.pad(image - mean, paddings) + mean  # pads with 0, i.e. the mean after shifting back
+    mask = tf.pad(mask, paddings, constant_values=IGNORE_LABEL)
+    return image, mask
+
+
+def make_dataset(
+    source: Source,
+    batch_size: int = 1,
+    crop_size: int | tuple[int, int] | None = None,
+    augment_data: bool = True,
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    flip: bool = True,
+    shuffle: bool = True,
+    repeat: bool = False,
+    cache: bool | str = "auto",
+    seed: int | None = None,
+    shuffle_buffer: int = 1000,
+) -> tf.data.Dataset:
+    """Batches of `(images float32 (N, h, w, 3), masks uint8 (N, h, w))` ready for `model.fit`.
+
+    Args:
+        source: a `keras_fcn.data` source.
+        batch_size: images per batch.
+        crop_size: train on random crops of this size (int or `(h, w)`); None keeps full images: with
+            `batch_size > 1` they are padded to the largest in the batch (mean pixel, label 255).
+        augment_data: random scale, crop and flip; False for evaluation (crops then come from the
+            top-left corner, padded as needed).
+        scale_range, flip: augmentation settings.
+        shuffle: shuffle the examples (reshuffled every epoch).
+        repeat: repeat forever (use with `steps_per_epoch`).
+        cache: True (memory), a file path, False, or "auto": memory when the decoded data fits in
+            `CACHE_LIMIT_BYTES`.
+        seed: makes shuffling and augmentation deterministic; None draws a fresh seed.
+        shuffle_buffer: shuffle buffer size when shuffling after the cache.
+
+    Returns:
+        A `tf.data.Dataset`, prefetched.
+
+    Example:
+    >>> from keras_fcn.data import synthetic
+    >>> ds = make_dataset(synthetic(num_examples=4, image_size=(48, 48)), batch_size=2, crop_size=32, seed=0)
+    >>> [tuple(t.shape) for t in next(iter(ds))]
+    [(2, 32, 32, 3), (2, 32, 32)]
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be at least 1. Received: batch_size={batch_size}")
+    if crop_size is not None:
+        crop_size = (crop_size, crop_size) if isinstance(crop_size, int) else tuple(int(c) for c in crop_size)
+        if len(crop_size) != 2 or min(crop_size) < 1:
+            raise ValueError(
+                f"`crop_size` must be a positive int or (height, width). Received: crop_size={crop_size}"
+            )
+    if seed is None:
+        seed = int(tf.random.uniform((), 0, 2**31 - 1, dtype=tf.int64))
+    if cache == "auto":
+        size = source.decoded_bytes()
+        cache = size is not None and size <= CACHE_LIMIT_BYTES
+
+    if cache:
+        dataset = source.dataset(shuffle=False)
+        dataset = dataset.cache() if cache is True else dataset.cache(str(cache))
+        if shuffle:
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    else:
+        dataset = source.dataset(shuffle=shuffle, seed=seed)
+    if repeat:
+        dataset = dataset.repeat()
+
+    if augment_data:
+        # One (2,) int64 seed per element; re-drawn each epoch, fixed by `seed` across runs.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        dataset = tf.data.Dataset.zip(dataset, seeds)
+        dataset = dataset.map(
+            lambda example, element_seed: augment(*example, element_seed, crop_size, scale_range, flip),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+    else:
+        dataset = dataset.map(
+            lambda image, mask: _no_augment(image, mask, crop_size),
+            num_parallel_calls=tf.data.AUTOTUNE,
+            deterministic=True,
+        )
+
+    if crop_size is not None or batch_size == 1:
+        dataset = dataset.batch(batch_size, drop_remainder=crop_size is not None and repeat)
+    else:
+        dataset = dataset.ragged_batch(batch_size).map(_pad_ragged_batch, num_parallel_calls=tf.data.AUTOTUNE)
+
+    options = tf.data.Options()
+    options.deterministic = True
+    # Examples are produced from indices, not from files: shard by element across workers.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
+
+
+def _no_augment(image, mask, crop_size):
+    image = tf.cast(image, tf.float32)
+    if crop_size is None:
+        return image, mask
+    crop_h, crop_w = crop_size
+    image, mask = _pad_to(image, mask[..., None], crop_h, crop_w)
+    return image[:crop_h, :crop_w], mask[:crop_h, :crop_w, 0]
+
+
+def _pad_ragged_batch(images: tf.RaggedTensor, masks: tf.RaggedTensor):
+    """Pads a batch of different-size images to the largest: mean pixel and label 255."""
+    images = images.to_tensor(default_value=tf.constant(MEAN_RGB, tf.float32))
+    masks = masks.to_tensor(default_value=tf.constant(IGNORE_LABEL, tf.uint8))
+    return images, masks

@@ -1,0 +1,276 @@
+"""Data sources: each yields `(image uint8 (H, W, 3), mask uint8 (H, W))` with 255 meaning "ignore".
+
+- `voc(root, split)`: PASCAL VOC `VOCdevkit/VOC2012` (`JPEGImages/`, palette PNGs in
+  `SegmentationClass/`, lists in `ImageSets/Segmentation/`); split `"seg11valid"` is the reference's
+  736-image validation set (VOC2011 val minus SBD train), shipped with the package.
+- `sbd(root, split)`: the Semantic Boundaries Dataset `dataset/` folder (`img/*.jpg`, `cls/*.mat`,
+  `train.txt`, `val.txt`): the reference's 8,498 training images.
+- `folder(images_dir, masks_dir)`: images and masks with matching file names (the stems match).
+- `synthetic(...)` (in `synthetic.py`) and `tfds(...)` (in `tfds_source.py`).
+
+File sources decode in parallel inside tf.data (`num_parallel_calls=AUTOTUNE`); Pillow releases the GIL
+while decoding. Every mask is checked against `num_classes` as it is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from keras_fcn.data.files import (
+    IMAGE_EXTENSIONS,
+    MASK_EXTENSIONS,
+    DataError,
+    check_mask,
+    check_sizes,
+    read_id_list,
+    read_image,
+    read_mask,
+    require_dir,
+)
+
+VOC_CLASSES = (
+    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
+    "tvmonitor",
+)  # fmt: skip
+SEG11VALID = os.path.join(os.path.dirname(__file__), "seg11valid.txt")
+
+
+class Source:
+    """A segmentation data source: `num_classes`, `class_names`, and `dataset()`.
+
+    Subclasses set `name`, `num_classes`, `class_names` and implement `dataset()`.
+    """
+
+    name: str = "source"
+    num_classes: int
+    class_names: tuple[str, ...]
+
+    def dataset(self, shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
+        """Decoded, checked examples `(image uint8 (H, W, 3), mask uint8 (H, W))`, one per element."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        raise TypeError(f"The length of {self.name} is not known.")
+
+    def decoded_bytes(self) -> int | None:
+        """Rough memory footprint of all decoded examples (to decide whether to cache), or None."""
+        return None
+
+    def __repr__(self) -> str:
+        try:
+            size = f", {len(self)} examples"
+        except TypeError:
+            size = ""
+        return f"<{type(self).__name__} {self.name}: {self.num_classes} classes{size}>"
+
+
+class IndexedSource(Source):
+    """A source whose example `i` is produced by `load(i)` in Python (files, synthetic shapes).
+
+    `dataset()` maps a (optionally shuffled) range of indices through `load` in parallel, so a shuffle
+    costs nothing but indices and the output order is deterministic.
+    """
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def describe(self, index: int) -> str:
+        return f"{self.name}[{index}]"
+
+    def dataset(self, shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
+        indices = tf.data.Dataset.range(len(self))
+        if shuffle:
+            indices = indices.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+
+        def load(index):
+            image, mask = self.load(int(index))
+            return image, mask
+
+        def decode(index):
+            image, mask = tf.numpy_function(load, [index], (tf.uint8, tf.uint8), stateful=False)
+            image.set_shape((None, None, 3))
+            mask.set_shape((None, None))
+            return image, mask
+
+        return indices.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+    def __iter__(self):
+        """Iterates in Python (no TensorFlow): handy to check a whole dataset or look at examples."""
+        for index in range(len(self)):
+            yield self.load(index)
+
+    def check(self) -> None:
+        """Reads every example once; raises `DataError` naming the first bad file."""
+        for _ in self:
+            pass
+
+
+class FileSource(IndexedSource):
+    """Pairs of (image file, mask file).
+
+    Args:
+        pairs: sequence of `(image_path, mask_path)`.
+        num_classes: number of classes; masks are checked against it.
+        class_names: names of the classes, `num_classes` of them (default: their ids).
+        name: a label for messages.
+
+    Raises:
+        DataError: if `pairs` is empty.
+    """
+
+    def __init__(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        num_classes: int,
+        class_names: Sequence[str] | None = None,
+        name: str = "files",
+    ):
+        if not pairs:
+            raise DataError(f"No examples found for {name}.")
+        self.pairs = [(str(image), str(mask)) for image, mask in pairs]
+        self.num_classes = _check_num_classes(num_classes)
+        self.class_names = _class_names(class_names, self.num_classes)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def describe(self, index: int) -> str:
+        return self.pairs[index][1]
+
+    def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        image_path, mask_path = self.pairs[index]
+        image = read_image(image_path)
+        mask = read_mask(mask_path)
+        check_sizes(image, mask, image_path, mask_path)
+        check_mask(mask, self.num_classes, mask_path)
+        return image, mask
+
+    def decoded_bytes(self) -> int | None:
+        with_size = _image_size(self.pairs[0][0])
+        if with_size is None:
+            return None
+        height, width = with_size
+        return len(self) * height * width * 4  # 3 image bytes + 1 mask byte per pixel
+
+
+def _image_size(path: str) -> tuple[int, int] | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.height, image.width
+    except OSError:
+        return None
+
+
+def _check_num_classes(num_classes) -> int:
+    if not isinstance(num_classes, int | np.integer) or not 1 <= num_classes <= 255:
+        raise ValueError(f"`num_classes` must be an integer in [1, 255]. Received: num_classes={num_classes}")
+    return int(num_classes)
+
+
+def _class_names(class_names: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
+    if class_names is None:
+        return tuple(str(i) for i in range(num_classes))
+    class_names = tuple(str(name) for name in class_names)
+    if len(class_names) != num_classes:
+        raise ValueError(
+            f"`class_names` must have one name per class ({num_classes}). "
+            f"Received: class_names={list(class_names)}"
+        )
+    return class_names
+
+
+def voc(root: str, split: str = "train", num_classes: int = 21) -> FileSource:
+    """PASCAL VOC segmentation (`VOCdevkit/VOC2012` or `VOC2011`).
+
+    Args:
+        root: the `VOC2012` folder holding `JPEGImages/`, `SegmentationClass/` and
+            `ImageSets/Segmentation/`.
+        split: a list name in `ImageSets/Segmentation/` (`train`, `val`, `trainval`), `"seg11valid"` (the
+            reference's validation list, shipped with this package), or a path to a list file.
+        num_classes: 21 for VOC (background + 20 objects).
+
+    Returns:
+        A `FileSource` with the VOC class names.
+
+    Raises:
+        DataError: missing folders, missing or empty split list.
+
+    Example:
+    >>> val = voc("VOCdevkit/VOC2012", "seg11valid")  # doctest: +SKIP
+    """
+    require_dir(root, "PASCAL VOC root")
+    images_dir = require_dir(os.path.join(root, "JPEGImages"), "PASCAL VOC JPEGImages")
+    masks_dir = require_dir(os.path.join(root, "SegmentationClass"), "PASCAL VOC SegmentationClass")
+    ids = read_id_list(_split_file(split, os.path.join(root, "ImageSets", "Segmentation")))
+    pairs = [(os.path.join(images_dir, f"{i}.jpg"), os.path.join(masks_dir, f"{i}.png")) for i in ids]
+    names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else None
+    return FileSource(pairs, num_classes, names, name=f"voc:{split}")
+
+
+def _split_file(split: str, lists_dir: str) -> str:
+    if os.path.sep in split or split.endswith(".txt"):
+        return split
+    if split == "seg11valid" and not os.path.isfile(os.path.join(lists_dir, "seg11valid.txt")):
+        return SEG11VALID
+    return os.path.join(lists_dir, f"{split}.txt")
+
+
+def sbd(root: str, split: str = "train", num_classes: int = 21) -> FileSource:
+    """The Semantic Boundaries Dataset (Hariharan et al.), the reference's training set.
+
+    Args:
+        root: the `dataset` folder holding `img/`, `cls/` and `train.txt`/`val.txt`.
+        split: `train` (8,498 images), `val`, or a path to a list file.
+        num_classes: 21 (the VOC classes).
+
+    Raises:
+        DataError: missing folders, missing or empty split list.
+    """
+    require_dir(root, "SBD root")
+    images_dir = require_dir(os.path.join(root, "img"), "SBD img")
+    masks_dir = require_dir(os.path.join(root, "cls"), "SBD cls")
+    ids = read_id_list(_split_file(split, root))
+    pairs = [(os.path.join(images_dir, f"{i}.jpg"), os.path.join(masks_dir, f"{i}.mat")) for i in ids]
+    names = VOC_CLASSES if num_classes == len(VOC_CLASSES) else None
+    return FileSource(pairs, num_classes, names, name=f"sbd:{split}")
+
+
+def folder(
+    images_dir: str,
+    masks_dir: str,
+    num_classes: int,
+    class_names: Sequence[str] | None = None,
+) -> FileSource:
+    """Images and masks in two folders, paired by file name without extension (`a.jpg` ↔ `a.png`).
+
+    Masks are palette or grayscale PNGs (or `.mat`) holding class ids; 255 means "ignore".
+
+    Raises:
+        DataError: missing folder, no images, or an image without a mask (named).
+    """
+    require_dir(images_dir, "Images")
+    require_dir(masks_dir, "Masks")
+    masks = {}
+    for name in sorted(os.listdir(masks_dir)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() in MASK_EXTENSIONS:
+            masks.setdefault(stem, os.path.join(masks_dir, name))
+    pairs = []
+    for name in sorted(os.listdir(images_dir)):
+        stem, ext = os.path.splitext(name)
+        if ext.lower() not in IMAGE_EXTENSIONS:
+            continue
+        if stem not in masks:
+            raise DataError(f"No mask for image {os.path.join(images_dir, name)} in {masks_dir}")
+        pairs.append((os.path.join(images_dir, name), masks[stem]))
+    if not pairs:
+        raise DataError(f"No images ({', '.join(IMAGE_EXTENSIONS)}) found in {images_dir}")
+    return FileSource(pairs, num_classes, class_names, name=f"folder:{images_dir}")

@@ -1,0 +1,52 @@
+"""Evaluation at each image's full resolution: one confusion matrix over a source, the paper's metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from keras_fcn.data import Source
+from keras_fcn.metrics import confusion_matrix, scores
+
+
+def predict_fn(model) -> tf.types.experimental.GenericFunction:
+    """A graph function `images (N, H, W, 3) float32 -> class ids (N, H, W) int32` traced once for any size."""
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)], reduce_retracing=True)
+    def predict(images):
+        return tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+
+    return predict
+
+
+def evaluate(model, source: Source, num_classes: int | None = None, limit: int | None = None) -> dict:
+    """Runs `model` on every example of `source` at full size and scores the predictions.
+
+    Args:
+        model: a Keras FCN (input RGB 0..255, output logits).
+        source: a `keras_fcn.data` source.
+        num_classes: defaults to `source.num_classes`.
+        limit: evaluate only the first `limit` examples.
+
+    Returns:
+        `keras_fcn.metrics.scores` of the summed confusion matrix, plus `confusion_matrix`,
+        `num_images` and `class_names`.
+
+    Example:
+    >>> result = evaluate(model, keras_fcn.data.voc(root, "seg11valid"))  # doctest: +SKIP
+    >>> print(keras_fcn.metrics.format_scores(result, result["class_names"]))  # doctest: +SKIP
+    """
+    num_classes = num_classes or source.num_classes
+    predict = predict_fn(model)
+    hist = np.zeros((num_classes, num_classes), dtype=np.int64)
+    dataset = source.dataset().prefetch(tf.data.AUTOTUNE)
+    if limit is not None:
+        dataset = dataset.take(limit)
+    count = 0
+    for image, mask in dataset:
+        prediction = predict(tf.cast(image, tf.float32)[None])[0].numpy()
+        hist += confusion_matrix(mask.numpy(), prediction, num_classes)
+        count += 1
+    result = scores(hist)
+    result.update(confusion_matrix=hist, num_images=count, class_names=tuple(source.class_names))
+    return result

@@ -1,0 +1,396 @@
+"""Training: one config dataclass → data → model → `fit` with checkpoints, resumable after a kill.
+
+`train(...)` is the notebook entry point, `keras-fcn train` the shell one; both fill a `TrainConfig`
+(saved as `config.json` beside the outputs). The output folder holds:
+
+    config.json                      the full config of the run
+    checkpoints/epoch_NNN.weights.h5 weights after every epoch
+    backup/                          `BackupAndRestore` state: a killed run restarted with the same
+                                     output folder continues from its last finished epoch
+    classes.txt                      class names, one per line (read by `keras-fcn predict`)
+    best.keras                       the model with the best validation mean IU (training mean IU
+                                     without validation data)
+    final.keras                      the model at the end of training
+    history.csv, logs/               CSV and TensorBoard logs
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import keras
+import tensorflow as tf
+
+from keras_fcn import metrics
+from keras_fcn.data import DataError, from_spec, make_dataset
+
+OPTIMIZERS = ("sgd", "adam")
+LR_SCHEDULES = ("constant", "poly", "step")
+STRATEGIES = ("default", "mirrored", "multi-worker")
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of a training run, with its default. Overridable from `keras-fcn train --key value`."""
+
+    # --- model -------------------------------------------------------------------------------------
+    variant: str = "fcn8s"  # fcn32s | fcn16s | fcn8s | fcn8s_at_once
+    num_classes: int | None = None  # None: from the training data (21 for VOC/SBD)
+    backbone_weights: str | None = None  # None (random) | "imagenet" | path to a VGG16 .h5 / converted file
+    backbone_filters: tuple[int, ...] | None = None  # None: VGG16's (64, 128, 256, 512, 512)
+    fc_units: int | None = None  # None: VGG16's 4096
+    geometry: str = "aligned"  # "aligned" | "caffe" (the reference's 100-pixel padding and crops)
+    dropout: float = 0.5
+    learn_final_upsampling: bool = False
+    init_from: str | None = None  # a .keras model whose layers are copied by name (32s → 16s → 8s)
+    # --- data (see keras_fcn.data.from_spec) --------------------------------------------------------
+    train_data: str = "synthetic"  # e.g. "sbd:/data/benchmark_RELEASE/dataset"
+    train_split: str = "train"
+    val_data: str | None = None  # e.g. "voc:/data/VOCdevkit/VOC2012"; None: no validation
+    val_split: str = "val"  # "seg11valid" for the reference's validation set
+    data_options: dict = field(default_factory=dict)  # extra source arguments, e.g. {"image_size": [96, 96]}
+    batch_size: int = 1  # global batch, split over replicas; the reference uses 1
+    crop_size: int | None = None  # None: whole images (batch 1, or padded to the largest in a batch)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    class_weights: tuple[float, ...] | None = None
+    # --- optimisation ------------------------------------------------------------------------------
+    optimizer: str = "sgd"  # "sgd" (momentum, as the reference) | "adam"
+    learning_rate: float = 1e-4  # for the normalized loss; the reference's summed loss used 1e-10..1e-14
+    momentum: float = 0.99  # the reference's; SGD only
+    lr_schedule: str = "constant"  # "constant" | "poly" (x (1 - t/T)^power) | "step" (x gamma every step_epochs)
+    poly_power: float = 0.9
+    step_epochs: int = 10
+    step_gamma: float = 0.1
+    weight_decay: float = 5e-4  # decoupled (Keras optimizers), biases excluded
+    normalize_loss: bool = True  # mean over valid pixels; False: the reference's sum over pixels
+    epochs: int = 50
+    steps_per_epoch: int | None = None  # None: one pass over the training data
+    validation_steps: int | None = None  # None: the whole validation set
+    # --- performance -------------------------------------------------------------------------------
+    mixed_precision: bool = False  # float16 on GPU, bfloat16 on CPU; outputs and loss stay float32
+    jit_compile: bool = False  # XLA
+    strategy: str = "default"  # "default" | "mirrored" (all local GPUs) | "multi-worker" (from TF_CONFIG)
+    devices: tuple[str, ...] | None = None  # devices for "mirrored" (default: all GPUs, else the CPU)
+    # --- output ------------------------------------------------------------------------------------
+    output_dir: str = "runs/fcn"
+    seed: int = 0
+    verbose: int | str = "auto"  # Keras's progress bar
+
+    def __post_init__(self):
+        from keras_fcn.models import VARIANTS
+
+        checks = [
+            ("variant", self.variant, VARIANTS),
+            ("optimizer", self.optimizer, OPTIMIZERS),
+            ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
+            ("strategy", self.strategy, STRATEGIES),
+        ]
+        for key, value, allowed in checks:
+            if value not in allowed:
+                raise ValueError(f"`{key}` must be one of {allowed}. Received: {key}={value!r}")
+        for key in ("epochs", "batch_size"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"`{key}` must be at least 1. Received: {key}={getattr(self, key)}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"`learning_rate` must be positive. Received: learning_rate={self.learning_rate}")
+        for key in ("backbone_filters", "class_weights", "devices", "scale_range"):
+            value = getattr(self, key)
+            if value is not None and not isinstance(value, tuple):
+                setattr(self, key, tuple(value))
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig keys {unknown}. Received: {sorted(values)}")
+        return cls(**values)
+
+    def save(self, path: str) -> None:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(self.to_dict(), handle, indent=2)
+            handle.write("\n")
+
+    @classmethod
+    def load(cls, path: str) -> TrainConfig:
+        with open(path, encoding="utf-8") as handle:
+            return cls.from_dict(json.load(handle))
+
+
+@dataclass
+class TrainResult:
+    """What `train` returns: the trained model, the per-epoch logs and where the files went."""
+
+    model: keras.Model
+    history: dict
+    output_dir: str
+    config: TrainConfig
+    initial_epoch: int = 0  # > 0 when the run resumed from a backup
+
+
+def make_strategy(config: TrainConfig) -> tf.distribute.Strategy:
+    """The tf.distribute strategy named by `config.strategy` (create it before any other TF work)."""
+    if config.strategy == "mirrored":
+        return tf.distribute.MirroredStrategy(devices=list(config.devices) if config.devices else None)
+    if config.strategy == "multi-worker":
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError("strategy='multi-worker' reads the cluster from TF_CONFIG. Received: TF_CONFIG unset")
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy: tf.distribute.Strategy) -> tuple[bool, str]:
+    resolver = getattr(strategy, "cluster_resolver", None)
+    task_type = getattr(resolver, "task_type", None)
+    if not task_type:
+        return True, ""
+    task_id = resolver.task_id
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and not has_chief)
+    return chief, f"{task_type}_{task_id}"
+
+
+def _learning_rate(config: TrainConfig, steps_per_epoch: int):
+    if config.lr_schedule == "poly":
+        return keras.optimizers.schedules.PolynomialDecay(
+            config.learning_rate, decay_steps=config.epochs * steps_per_epoch, end_learning_rate=0.0,
+            power=config.poly_power,
+        )  # fmt: skip
+    if config.lr_schedule == "step":
+        return keras.optimizers.schedules.ExponentialDecay(
+            config.learning_rate, decay_steps=config.step_epochs * steps_per_epoch, decay_rate=config.step_gamma,
+            staircase=True,
+        )  # fmt: skip
+    return config.learning_rate
+
+
+def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
+    """SGD with momentum (the reference) or Adam, with the config's schedule and weight decay."""
+    rate = _learning_rate(config, steps_per_epoch)
+    decay = config.weight_decay or None
+    if config.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=decay)
+    else:
+        optimizer = keras.optimizers.Adam(rate, weight_decay=decay)
+    if decay:
+        optimizer.exclude_from_weight_decay(var_names=["bias"])  # as the reference: no decay on biases
+    return optimizer
+
+
+def build_model(config: TrainConfig, num_classes: int) -> keras.Model:
+    """The FCN of `config.variant`, optionally initialised from `config.init_from` (copied by layer name)."""
+    from keras_fcn.models import build_fcn
+
+    kwargs = {
+        "backbone_weights": config.backbone_weights,
+        "geometry": config.geometry,
+        "dropout": config.dropout,
+        "learn_final_upsampling": config.learn_final_upsampling,
+    }
+    if config.backbone_filters is not None:
+        kwargs["backbone_filters"] = tuple(config.backbone_filters)
+    if config.fc_units is not None:
+        kwargs["fc_units"] = config.fc_units
+    if config.init_from:
+        kwargs["init_from"] = keras.saving.load_model(config.init_from, compile=False)
+    return build_fcn(config.variant, num_classes, **kwargs)
+
+
+def describe_backbone(config: TrainConfig) -> str:
+    """One line on the backbone: VGG16 or a narrower net of its topology, and where its weights come from."""
+    narrow = config.backbone_filters is not None or config.fc_units is not None
+    shape = (
+        f"a narrow VGG16-topology backbone (filters {tuple(config.backbone_filters or (64, 128, 256, 512, 512))}, "
+        f"fc {config.fc_units or 4096})"
+        if narrow
+        else "VGG16"
+    )
+    weights = config.backbone_weights or "random initialisation (no ImageNet weights)"
+    return f"{config.variant} on {shape}, backbone weights: {weights}"
+
+
+def _callbacks(config: TrainConfig, output_dir: str, monitor: str, resuming: bool) -> list:
+    return [
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(output_dir, "checkpoints", "epoch_{epoch:03d}.weights.h5"), save_weights_only=True
+        ),
+        keras.callbacks.ModelCheckpoint(
+            os.path.join(output_dir, "best.keras"), monitor=monitor, mode="max", save_best_only=True
+        ),
+        keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=resuming),
+        keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
+    ]
+
+
+def _length(source) -> int | None:
+    try:
+        return len(source)
+    except TypeError:
+        return None
+
+
+def _resume_epoch(output_dir: str) -> int:
+    path = os.path.join(output_dir, "backup", "training_metadata.json")
+    if not os.path.isfile(path):
+        return 0
+    with open(path, encoding="utf-8") as handle:
+        return int(json.load(handle).get("epoch", 0))
+
+
+def _multi_worker_workarounds(model: keras.Model, strategy, element_spec) -> None:
+    """Two work-arounds that let Keras 3's `fit` run under `MultiWorkerMirroredStrategy`.
+
+    1. `fit` first reduces an `(images, masks)` batch across replicas to build the model symbolically;
+       the collective reduce gets the tuple as is and fails (`Attempt to convert a value (PerReplica...)`).
+       Metrics, loss and optimizer are built here from the dataset's element spec instead.
+    2. Each step's logs are reduced with `strategy.reduce("MEAN", value, axis=0)`, which fails on scalar
+       logs (`Invalid reduction dimension 0 for input with 0 dimensions`, tensorflow/tensorflow#72388).
+       The steps return their logs with a leading axis of length 1, which that reduce removes again.
+    """
+    with strategy.scope():
+        model._symbolic_build(data_batch=element_spec)
+        if not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    train_step, test_step = model.train_step, model.test_step
+
+    def add_axis(logs):
+        return {key: tf.reshape(value, (1,)) for key, value in logs.items()}
+
+    model.train_step = lambda data: add_axis(train_step(data))
+    model.test_step = lambda data: add_axis(test_step(data))
+
+
+def data_error_from(error: tf.errors.OpError) -> DataError | None:
+    """The `DataError` raised inside a tf.data function, recovered from TensorFlow's wrapped message."""
+    match = re.search(r"DataError: (.*)", error.message or "")
+    return DataError(match.group(1).strip()) if match else None
+
+
+def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
+    """Trains an FCN as described by `config` (or `TrainConfig(**overrides)`).
+
+    Args:
+        config: a `TrainConfig`; keyword arguments override its fields.
+        **overrides: fields of `TrainConfig`.
+
+    Returns:
+        A `TrainResult` with the trained model and the history (one list per logged metric).
+
+    Raises:
+        ValueError: bad settings. `DataError`: bad data (the message names the file).
+
+    Example:
+    >>> result = train(train_data="synthetic:64", val_data="synthetic:8", epochs=2,
+    ...                batch_size=4, crop_size=64, backbone_filters=(8, 16, 32, 64, 64), fc_units=64,
+    ...                optimizer="adam", learning_rate=1e-3, output_dir="runs/try")  # doctest: +SKIP
+    >>> result.history["val_mean_iu"]  # doctest: +SKIP
+    """
+    config = dataclasses.replace(config, **overrides) if config else TrainConfig(**overrides)
+    strategy = make_strategy(config)  # first: MultiWorkerMirroredStrategy must precede other TF ops
+    chief, worker_name = _is_chief(strategy)
+    # Non-chief workers write their own scratch copy so that files never collide.
+    output_dir = config.output_dir if chief else os.path.join(config.output_dir, "workers", worker_name)
+    os.makedirs(output_dir, exist_ok=True)
+    config.save(os.path.join(output_dir, "config.json"))
+    keras.utils.set_random_seed(config.seed)
+
+    train_source = from_spec(
+        config.train_data, config.train_split, num_classes=config.num_classes, seed=config.seed, **config.data_options
+    )
+    num_classes = config.num_classes or train_source.num_classes
+    with open(os.path.join(output_dir, "classes.txt"), "w", encoding="utf-8") as handle:
+        handle.write("".join(f"{name}\n" for name in train_source.class_names[:num_classes]))
+    val_source = None
+    if config.val_data:
+        val_source = from_spec(
+            config.val_data, config.val_split, num_classes=num_classes, seed=config.seed, **config.data_options
+        )
+    steps_per_epoch = config.steps_per_epoch
+    if not steps_per_epoch:
+        if _length(train_source) is None:
+            raise ValueError(
+                f"The size of {train_source.name} is not known: give `steps_per_epoch`. Received: steps_per_epoch=None"
+            )
+        steps_per_epoch = math.ceil(_length(train_source) / config.batch_size)
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(
+            f"`batch_size` must be a multiple of the {replicas} replicas. Received: batch_size={config.batch_size}"
+        )
+    train_ds = make_dataset(
+        train_source, batch_size=config.batch_size, crop_size=config.crop_size, scale_range=config.scale_range,
+        flip=config.flip, repeat=True, seed=config.seed,
+    )  # fmt: skip
+    val_ds = None
+    if val_source is not None:
+        # Full images; one per replica (padded to a common size with ignored pixels when there are several).
+        val_ds = make_dataset(val_source, batch_size=replicas, augment_data=False, shuffle=False)
+
+    previous_policy = keras.mixed_precision.global_policy()
+    if config.mixed_precision:
+        gpu = bool(tf.config.list_logical_devices("GPU"))
+        keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
+    try:
+        with strategy.scope():
+            model = build_model(config, num_classes)
+            model.compile(
+                optimizer=make_optimizer(config, steps_per_epoch),
+                loss=metrics.SegmentationLoss(config.class_weights, normalize=config.normalize_loss),
+                metrics=metrics.segmentation_metrics(num_classes),
+                jit_compile=config.jit_compile,
+            )
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
+
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        _multi_worker_workarounds(model, strategy, train_ds.element_spec)
+    initial_epoch = _resume_epoch(output_dir)
+    monitor = "val_mean_iu" if val_ds is not None else "mean_iu"
+    if config.verbose:
+        print(f"keras_fcn: {describe_backbone(config)}")
+        print(
+            f"keras_fcn: {_length(train_source) or 'unknown number of'} training examples from {train_source.name}"
+            + (
+                f", {_length(val_source) or 'unknown number of'} validation examples from {val_source.name}"
+                if val_source
+                else ""
+            )
+            + f"; {replicas} replica(s); output in {output_dir}"
+        )
+        if initial_epoch:
+            print(f"keras_fcn: resuming from the backup after epoch {initial_epoch}")
+    try:
+        history = model.fit(
+            train_ds,
+            epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch,
+            validation_data=val_ds,
+            validation_steps=config.validation_steps,
+            shuffle=False,  # the dataset shuffles itself
+            callbacks=_callbacks(config, output_dir, monitor, resuming=initial_epoch > 0),
+            verbose=config.verbose,
+        )
+    except tf.errors.OpError as error:
+        data_error = data_error_from(error)
+        if data_error is None:
+            raise
+        raise data_error from None
+    model.save(os.path.join(output_dir, "final.keras"))
+    return TrainResult(
+        model=model,
+        history={key: [float(v) for v in values] for key, values in history.history.items()},
+        output_dir=output_dir,
+        config=config,
+        initial_epoch=initial_epoch,
+    )
