@@ -449,6 +449,10 @@ def _add_demo(verbs) -> None:
     parser.add_argument("--epochs", type=int, help="training epochs (default: the demo's)")
     parser.add_argument("--steps-per-epoch", type=int, help="steps per epoch (default: the demo's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-serve", dest="serve", action="store_false",
+        help="skip the last step: export, serve locally, query over gRPC and compare with the in-process model",
+    )
     parser.set_defaults(run=run_demo)
 
 
@@ -456,7 +460,7 @@ def run_demo(args) -> int:
     from keras_fcn.demo import run_demo
 
     sizes = {k: v for k, v in (("epochs", args.epochs), ("steps_per_epoch", args.steps_per_epoch)) if v}
-    run_demo(args.output, seed=args.seed, **sizes)
+    run_demo(args.output, seed=args.seed, serve=args.serve, **sizes)
     return 0
 
 

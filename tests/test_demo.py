@@ -37,6 +37,11 @@ def test_run_demo_small(tmp_path, capsys):
     assert Image.open(out / "training_curves.png").size[0] > 0
     assert (out / "metrics.txt").read_text().startswith("6 held-out images")
     assert (out / "train" / "final.keras").exists()
+    # The last step: exported, served locally, queried over gRPC, equal to the in-process prediction.
+    assert "over gRPC" in printed
+    assert os.path.isfile(result.serving["export_path"] + "/saved_model.pb")
+    assert result.serving["export_path"].startswith(str(out / "serving"))
+    assert result.serving["max_abs_difference"] <= 1e-5 and result.serving["class_agreement"] >= 0.9999
 
 
 def test_demo_verb_registered():
@@ -46,4 +51,5 @@ def test_demo_verb_registered():
     verbs = parser.add_subparsers(dest="verb")
     cli._add_demo(verbs)
     args = parser.parse_args(["demo", "--output", "x", "--epochs", "3"])
-    assert args.run is cli.run_demo and args.epochs == 3 and args.output == "x"
+    assert args.run is cli.run_demo and args.epochs == 3 and args.output == "x" and args.serve
+    assert not parser.parse_args(["demo", "--no-serve"]).serve
