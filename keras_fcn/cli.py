@@ -182,7 +182,8 @@ def _run_query(args) -> int:
     import numpy as np
 
     from keras_fcn.serving.client import FCNClient
-    from keras_fcn.serving.images import class_map_png, decode_image, encode_png, overlay
+    from keras_fcn.serving.images import decode_image
+    from keras_fcn.visualize import class_map_png, overlay
 
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
@@ -199,8 +200,7 @@ def _run_query(args) -> int:
                 f.write(class_map_png(class_ids))
             with open(path, "rb") as f:
                 pixels = decode_image(f.read())
-            with open(stem + "_overlay.png", "wb") as f:
-                f.write(encode_png(overlay(pixels, class_ids)))
+            overlay(pixels, class_ids).save(stem + "_overlay.png")  # with a legend of the class ids
             present = ", ".join(
                 f"{c}: {n}" for c, n in zip(*np.unique(class_ids, return_counts=True), strict=True)
             )

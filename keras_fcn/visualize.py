@@ -5,6 +5,7 @@ the training curves.
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Sequence
 
 import numpy as np
@@ -27,11 +28,27 @@ def voc_palette(num_colors: int = 256) -> np.ndarray:
     return palette
 
 
+def class_map_png(class_ids: np.ndarray) -> bytes:
+    """A class-id PNG whose pixel values are the ids: palette PNG (VOC colours) up to 256 classes,
+    16-bit greyscale beyond, as VOC's `SegmentationClass` files are stored."""
+    class_ids = np.asarray(class_ids)
+    if class_ids.min(initial=0) < 0 or class_ids.max(initial=0) > 65535:
+        raise ValueError(f"class ids must lie in 0..65535. Received: range=({class_ids.min()}, {class_ids.max()})")
+    buffer = io.BytesIO()
+    if class_ids.max(initial=0) < 256:
+        height, width = class_ids.shape
+        image = Image.frombytes("P", (width, height), class_ids.astype(np.uint8).tobytes())
+        image.putpalette(voc_palette(256).ravel().tolist())
+    else:
+        image = Image.fromarray(class_ids.astype(np.uint16))
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def save_class_png(mask: np.ndarray, path: str) -> None:
-    """Writes class ids `(H, W)` as a palette PNG: the ids are the pixel values, the palette VOC's."""
-    image = Image.fromarray(np.asarray(mask, dtype=np.uint8), mode="P")
-    image.putpalette(voc_palette().reshape(-1).tolist())
-    image.save(path)
+    """Writes class ids `(H, W)` as a PNG whose pixel values are the ids (see `class_map_png`)."""
+    with open(path, "wb") as handle:
+        handle.write(class_map_png(mask))
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
