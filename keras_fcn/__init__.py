@@ -31,6 +31,7 @@ __all__ = [
 # Training, evaluation and prediction: keras_fcn.data (sources, tf.data pipeline) → keras_fcn.metrics →
 # keras_fcn.train(...) → keras_fcn.evaluate(...) / predict.
 from keras_fcn import data, metrics  # noqa: E402
+from keras_fcn.config import TrainConfig  # noqa: E402
 from keras_fcn.evaluate import evaluate  # noqa: E402
 from keras_fcn.metrics import (  # noqa: E402
     FrequencyWeightedIU,
@@ -41,7 +42,7 @@ from keras_fcn.metrics import (  # noqa: E402
     segmentation_metrics,
 )
 from keras_fcn.predict import predict_files, predict_masks  # noqa: E402
-from keras_fcn.train import TrainConfig, TrainResult, train  # noqa: E402
+from keras_fcn.train import TrainResult, train  # noqa: E402
 
 __all__ += [
     "FrequencyWeightedIU",

@@ -1,6 +1,7 @@
 """The `keras-fcn` command line: each verb parses its flags, calls the library and reports.
 
-Verbs import TensorFlow lazily so that `keras-fcn --help` answers at once.
+Importing the package loads Keras, TensorFlow and the library (a few seconds, even for `--help`); the
+serving verbs import gRPC and the TF Serving protos only when they run.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_convert(args) -> int:
-    from keras_fcn.convert import convert_vgg16_weights  # imports TensorFlow
+    from keras_fcn.convert import convert_vgg16_weights
 
     try:
         convert_vgg16_weights(args.input, args.output, force=args.force, verbose=not args.quiet)
@@ -224,7 +225,7 @@ def _add_train(verbs) -> None:
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     import dataclasses
 
-    from keras_fcn.train import TrainConfig
+    from keras_fcn.config import TrainConfig
 
     comments = _field_comments(TrainConfig)
     for item in dataclasses.fields(TrainConfig):
@@ -283,7 +284,7 @@ def _str_or_none(text: str):
 
 
 def _config_from_args(args):
-    from keras_fcn.train import TrainConfig
+    from keras_fcn.config import TrainConfig
 
     values = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
     for key, value in vars(args).items():

@@ -21,109 +21,14 @@ import json
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import keras
 import tensorflow as tf
 
 from keras_fcn import metrics
+from keras_fcn.config import TrainConfig
 from keras_fcn.data import DataError, from_spec, make_dataset
-
-OPTIMIZERS = ("sgd", "adam")
-LR_SCHEDULES = ("constant", "poly", "step")
-STRATEGIES = ("default", "mirrored", "multi-worker")
-
-
-@dataclass
-class TrainConfig:
-    """Every knob of a training run, with its default. Overridable from `keras-fcn train --key value`."""
-
-    # --- model -------------------------------------------------------------------------------------
-    variant: str = "fcn8s"  # fcn32s | fcn16s | fcn8s | fcn8s_at_once
-    num_classes: int | None = None  # None: from the training data (21 for VOC/SBD)
-    backbone_weights: str | None = None  # None (random) | "imagenet" | path to a VGG16 .h5 / converted file
-    backbone_filters: tuple[int, ...] | None = None  # None: VGG16's (64, 128, 256, 512, 512)
-    fc_units: int | None = None  # None: VGG16's 4096
-    geometry: str = "aligned"  # "aligned" | "caffe" (the reference's 100-pixel padding and crops)
-    dropout: float = 0.5
-    learn_final_upsampling: bool = False
-    init_from: str | None = None  # a .keras model whose layers are copied by name (32s → 16s → 8s)
-    # --- data (see keras_fcn.data.from_spec) --------------------------------------------------------
-    train_data: str = "synthetic"  # e.g. "sbd:/data/benchmark_RELEASE/dataset"
-    train_split: str = "train"
-    val_data: str | None = None  # e.g. "voc:/data/VOCdevkit/VOC2012"; None: no validation
-    val_split: str = "val"  # "seg11valid" for the reference's validation set
-    data_options: dict = field(default_factory=dict)  # extra source arguments, e.g. {"image_size": [96, 96]}
-    batch_size: int = 1  # global batch, split over replicas; the reference uses 1
-    crop_size: int | None = None  # None: whole images (batch 1, or padded to the largest in a batch)
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    flip: bool = True
-    class_weights: tuple[float, ...] | None = None
-    # --- optimisation ------------------------------------------------------------------------------
-    optimizer: str = "sgd"  # "sgd" (momentum, as the reference) | "adam"
-    learning_rate: float = 1e-4  # for the normalized loss; the reference's summed loss used 1e-10..1e-14
-    momentum: float = 0.99  # the reference's; SGD only
-    lr_schedule: str = "constant"  # "constant" | "poly" (x (1 - t/T)^power) | "step" (x gamma every step_epochs)
-    poly_power: float = 0.9
-    step_epochs: int = 10
-    step_gamma: float = 0.1
-    weight_decay: float = 5e-4  # decoupled (Keras optimizers), biases excluded
-    normalize_loss: bool = True  # mean over valid pixels; False: the reference's sum over pixels
-    epochs: int = 50
-    steps_per_epoch: int | None = None  # None: one pass over the training data
-    validation_steps: int | None = None  # None: the whole validation set
-    # --- performance -------------------------------------------------------------------------------
-    mixed_precision: bool = False  # float16 on GPU, bfloat16 on CPU; outputs and loss stay float32
-    jit_compile: bool = False  # XLA
-    strategy: str = "default"  # "default" | "mirrored" (all local GPUs) | "multi-worker" (from TF_CONFIG)
-    devices: tuple[str, ...] | None = None  # devices for "mirrored" (default: all GPUs, else the CPU)
-    # --- output ------------------------------------------------------------------------------------
-    output_dir: str = "runs/fcn"
-    seed: int = 0
-    verbose: int | str = "auto"  # Keras's progress bar
-
-    def __post_init__(self):
-        from keras_fcn.models import VARIANTS
-
-        checks = [
-            ("variant", self.variant, VARIANTS),
-            ("optimizer", self.optimizer, OPTIMIZERS),
-            ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
-            ("strategy", self.strategy, STRATEGIES),
-        ]
-        for key, value, allowed in checks:
-            if value not in allowed:
-                raise ValueError(f"`{key}` must be one of {allowed}. Received: {key}={value!r}")
-        for key in ("epochs", "batch_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"`{key}` must be at least 1. Received: {key}={getattr(self, key)}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"`learning_rate` must be positive. Received: learning_rate={self.learning_rate}")
-        for key in ("backbone_filters", "class_weights", "devices", "scale_range"):
-            value = getattr(self, key)
-            if value is not None and not isinstance(value, tuple):
-                setattr(self, key, tuple(value))
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"Unknown TrainConfig keys {unknown}. Received: {sorted(values)}")
-        return cls(**values)
-
-    def save(self, path: str) -> None:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(self.to_dict(), handle, indent=2)
-            handle.write("\n")
-
-    @classmethod
-    def load(cls, path: str) -> TrainConfig:
-        with open(path, encoding="utf-8") as handle:
-            return cls.from_dict(json.load(handle))
 
 
 @dataclass
