@@ -56,7 +56,8 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
         An `(n, n)` int64 array; rows are true classes, columns predicted classes.
 
     Raises:
-        ValueError: if the shapes differ or `num_classes < 1`.
+        ValueError: if the shapes differ, `num_classes < 1`, or a prediction is outside `[0, num_classes)`
+            (a model with more outputs than classes; counting it as another class would skew the scores).
 
     Example:
     >>> confusion_matrix(np.array([0, 1, 255]), np.array([0, 0, 1]), 2).tolist()
@@ -73,6 +74,12 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
         raise ValueError(f"`num_classes` must be at least 1. Received: num_classes={num_classes}")
     labels = labels.astype(np.int64).ravel()
     predictions = predictions.astype(np.int64).ravel()
+    outside = (predictions < 0) | (predictions >= num_classes)
+    if outside.any():
+        raise ValueError(
+            f"`predictions` must be class ids in [0, {num_classes}). "
+            f"Received: predictions with values {np.unique(predictions[outside]).tolist()}"
+        )
     keep = (labels >= 0) & (labels < num_classes)
     return np.bincount(num_classes * labels[keep] + predictions[keep], minlength=num_classes**2).reshape(
         num_classes, num_classes
@@ -181,6 +188,11 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         n = self.num_classes
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] != n:
+            # An argmax beyond n - 1 would land in another class's bin of the flattened matrix.
+            raise ValueError(
+                f"`y_pred` must hold one score per class, shape (N, H, W, {n}). Received: y_pred.shape={y_pred.shape}"
+            )
         labels, predictions = _labels_and_predictions(y_true, y_pred)
         keep = ops.logical_and(labels >= 0, labels < n)
         index = ops.where(keep, n * labels + predictions, n * n)  # ignored pixels go to a spare bin
