@@ -293,7 +293,8 @@ class SegmentationLoss(keras.losses.Loss):
     """Per-pixel softmax cross-entropy on logits; pixels labelled `ignore_label` contribute nothing.
 
     With `normalize=True` (default) the loss is the weighted mean over the non-ignored pixels of the
-    batch: the value does not grow with image size, so ordinary learning rates (~1e-4) work. With
+    batch (under tf.distribute: of each replica's share, then averaged over replicas): the value does not
+    grow with image size, so ordinary learning rates (~1e-4) work. With
     `normalize=False` it is the reference's Caffe loss, the sum over pixels (per image), which needs the
     paper's tiny rates (1e-10 … 1e-14).
 
@@ -344,12 +345,21 @@ class SegmentationLoss(keras.losses.Loss):
         pixel_loss = ops.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)  # (N, H, W)
         weight = ops.cast(valid, "float32")
         if self.class_weights is not None:
+            num_classes = y_pred.shape[-1]
+            if num_classes is not None and len(self.class_weights) != num_classes:
+                # ops.take would clip or fail on a short list, and silently ignore the tail of a long one.
+                raise ValueError(
+                    f"`class_weights` must have one weight per class ({num_classes}). "
+                    f"Received: class_weights={self.class_weights}"
+                )
             weight = weight * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), labels)
         # where(): an ignored pixel's loss can be inf/NaN for garbage logits; 0 * NaN would leak through.
         per_image = ops.sum(ops.where(weight > 0, pixel_loss * weight, 0.0), axis=(1, 2))  # (N,)
         if self.normalize:
-            # Keras averages these N values (and divides by the replicas under tf.distribute), so
-            # scaling by N / total weight makes the result the mean over the batch's valid pixels.
+            # Keras averages these N values, so scaling by N / total weight makes the result the weighted
+            # mean over the batch's valid pixels. Under tf.distribute each replica does this on its own
+            # share and the replicas' results are averaged: the mean of per-replica means, which equals
+            # the mean over the global batch's valid pixels only when every replica holds as many.
             batch = ops.cast(ops.shape(y_true)[0], "float32")
             per_image = per_image * (batch / ops.maximum(ops.sum(weight), 1e-6))
         return per_image

@@ -214,6 +214,11 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         config.train_data, config.train_split, num_classes=config.num_classes, seed=config.seed, **config.data_options
     )
     num_classes = config.num_classes or train_source.num_classes
+    if config.class_weights is not None and len(config.class_weights) != num_classes:
+        raise ValueError(
+            f"`class_weights` must have one weight per class ({num_classes}). "
+            f"Received: class_weights={config.class_weights}"
+        )
     with open(os.path.join(output_dir, "classes.txt"), "w", encoding="utf-8") as handle:
         handle.write("".join(f"{name}\n" for name in train_source.class_names[:num_classes]))
     val_source = None

@@ -147,3 +147,11 @@ def test_evaluate_refuses_a_model_with_another_class_count():
     model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs))  # 4 outputs, 3 classes in the data
     with pytest.raises(ValueError, match="The model scores 4 classes.*Received: num_classes=3"):
         evaluate(model, synthetic(num_examples=2, image_size=(16, 16), num_classes=3))
+
+
+@pytest.mark.parametrize("weights", [(1.0, 2.0), (1.0, 2.0, 3.0, 4.0)])
+def test_loss_refuses_class_weights_of_another_length(weights):
+    loss = metrics.SegmentationLoss(class_weights=weights)
+    y_true = np.zeros((1, 2, 2), "int32")
+    with pytest.raises(ValueError, match=r"one weight per class \(3\).*Received: class_weights="):
+        loss(y_true, np.zeros((1, 2, 2, 3), "float32"))

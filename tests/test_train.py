@@ -141,3 +141,10 @@ def test_mixed_precision_and_xla_runs(tmp_path, settings):
     assert result.model(x).dtype == "float32"  # logits stay float32
     if settings.get("mixed_precision"):
         assert result.model.get_layer("block1_conv1").compute_dtype in ("bfloat16", "float16")
+
+
+def test_class_weights_must_match_the_classes(tmp_path):
+    with pytest.raises(ValueError, match=r"one weight per class \(3\). Received: class_weights=\(1.0, 2.0\)"):
+        train(train_data="synthetic:4", num_classes=3, class_weights=(1.0, 2.0), epochs=1,
+              output_dir=str(tmp_path / "run"), **TINY)  # fmt: skip
+    assert not os.path.exists(tmp_path / "run" / "history.csv")  # refused before training
