@@ -268,3 +268,22 @@ def test_spec_strings():
 def test_example_helper_is_consistent():
     image, mask = example(np.random.default_rng(0), (9, 9), 5)
     assert image.shape == (9, 9, 3) and mask.shape == (9, 9)
+
+
+def test_synthetic_split_seed_does_not_depend_on_the_hash_seed():
+    import subprocess
+    import sys
+    import zlib
+
+    code = (
+        "from keras_fcn import data; s = data.from_spec('synthetic:2', 'holdout', seed=5); "
+        "print(s.seed, int(s.load(1)[0].astype('int64').sum()))"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    printed = [
+        subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONHASHSEED": hash_seed}, check=True,
+                       capture_output=True, text=True).stdout.split()  # fmt: skip
+        for hash_seed in ("1", "2")
+    ]
+    assert printed[0] == printed[1]
+    assert int(printed[0][0]) == 5 + zlib.crc32(b"holdout") % 1_000_000
