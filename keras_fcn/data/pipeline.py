@@ -2,7 +2,8 @@
 
 Augmentation moves image and mask together (the same scale, crop offsets and flip for both):
 random scale in `scale_range` (bilinear for the image, nearest for the mask), padding up to the crop size
-with the mean pixel (zero after the model's mean subtraction) and label 255, a random crop, a random
+with the mean pixel of the model's preprocessing (`keras_fcn.layers.CAFFE_BGR_MEAN`, Keras's "caffe" mean,
+in RGB order: exactly zero after the model subtracts it) and label 255, a random crop, a random
 horizontal flip. Random numbers come from stateless ops seeded per element from `tf.data.Dataset.random`,
 so a pipeline built with a seed yields the same batches every time, and different ones every epoch.
 """
@@ -13,10 +14,11 @@ import tensorflow as tf
 
 from keras_fcn.data.files import IGNORE_LABEL
 from keras_fcn.data.sources import Source
+from keras_fcn.layers import CAFFE_BGR_MEAN
 
-# The reference's mean pixel (BGR 104.00699, 116.66877, 122.67892) in RGB order: padding with it gives
-# zeros after the model's own mean subtraction.
-MEAN_RGB = (122.67892, 116.66877, 104.00699)
+# The mean pixel `CaffePreprocessing` subtracts (Keras's VGG16 "caffe" mean, BGR 103.939, 116.779, 123.68),
+# in RGB order: padding with it gives exactly zero after the model's own mean subtraction.
+MEAN_RGB = tuple(reversed(CAFFE_BGR_MEAN))
 # Cache decoded examples in memory when they take less than this ("cache where it fits").
 CACHE_LIMIT_BYTES = 2 * 1024**3
 
