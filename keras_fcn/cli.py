@@ -431,7 +431,7 @@ def run_predict(args) -> int:
     names = _class_names_for(args.model, args.class_names, int(model.output_shape[-1]))
     try:
         written = predict_files(model, args.images, args.output, names)
-    except DataError as error:
+    except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
     for classes_png, overlay_png in written:
         print(f"{classes_png}  {overlay_png}")
