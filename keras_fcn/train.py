@@ -20,7 +20,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 
 import keras
@@ -28,7 +27,7 @@ import tensorflow as tf
 
 from keras_fcn import metrics
 from keras_fcn.config import TrainConfig
-from keras_fcn.data import DataError, from_spec, make_dataset
+from keras_fcn.data import data_errors, from_spec, make_dataset
 
 
 @dataclass
@@ -176,12 +175,6 @@ def _multi_worker_workarounds(model: keras.Model, strategy, element_spec) -> Non
     model.test_step = lambda data: add_axis(test_step(data))
 
 
-def data_error_from(error: tf.errors.OpError) -> DataError | None:
-    """The `DataError` raised inside a tf.data function, recovered from TensorFlow's wrapped message."""
-    match = re.search(r"DataError: (.*)", error.message or "")
-    return DataError(match.group(1).strip()) if match else None
-
-
 def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Trains an FCN as described by `config` (or `TrainConfig(**overrides)`).
 
@@ -280,7 +273,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         )
         if initial_epoch:
             print(f"keras_fcn: resuming from the backup after epoch {initial_epoch}")
-    try:
+    with data_errors():
         history = model.fit(
             train_ds,
             epochs=config.epochs,
@@ -291,11 +284,6 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
             callbacks=_callbacks(config, output_dir, monitor, resuming=initial_epoch > 0),
             verbose=config.verbose,
         )
-    except tf.errors.OpError as error:
-        data_error = data_error_from(error)
-        if data_error is None:
-            raise
-        raise data_error from None
     model.save(os.path.join(output_dir, "final.keras"))
     return TrainResult(
         model=model,

@@ -149,3 +149,14 @@ def test_padding_is_zero_after_the_models_preprocessing():
         # Keras's own VGG16 preprocessing, as an independent reference
         reference = keras.applications.vgg16.preprocess_input(images.numpy().copy())
         np.testing.assert_allclose(reference[padded], 0.0, atol=1e-4)
+
+
+def test_data_errors_recovers_the_data_error_from_a_tf_data_function():
+    wrapped = tf.errors.InvalidArgumentError(None, None, "Error in py_call: DataError: Mask m.png is bad\n")
+    with pytest.raises(data.DataError, match=r"^Mask m\.png is bad$"):
+        with data.data_errors():
+            raise wrapped
+    other = tf.errors.InvalidArgumentError(None, None, "shapes differ")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shapes differ"):
+        with data.data_errors():
+            raise other

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -148,3 +149,12 @@ def test_class_weights_must_match_the_classes(tmp_path):
         train(train_data="synthetic:4", num_classes=3, class_weights=(1.0, 2.0), epochs=1,
               output_dir=str(tmp_path / "run"), **TINY)  # fmt: skip
     assert not os.path.exists(tmp_path / "run" / "history.csv")  # refused before training
+
+
+def test_cli_evaluate_names_a_bad_mask(tmp_path, capsys):
+    make_folder(str(tmp_path), ["a", "b"], size=(16, 16))
+    save_palette_png(tmp_path / "masks" / "b.png", np.full((16, 16), 9, np.uint8))
+    model_path = str(tmp_path / "m.keras")
+    keras_fcn.fcn32s(4, backbone_filters=TINY["backbone_filters"], fc_units=16).save(model_path)
+    code = cli.main(["evaluate", "--model", model_path, "--data", f"folder:{tmp_path}"])
+    assert code == 2 and re.search(r"Mask .*b\.png has values outside \[0, 4\)", capsys.readouterr().err)

@@ -10,9 +10,13 @@ so a pipeline built with a seed yields the same batches every time, and differen
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterator
+
 import tensorflow as tf
 
-from keras_fcn.data.files import IGNORE_LABEL
+from keras_fcn.data.files import IGNORE_LABEL, DataError
 from keras_fcn.data.sources import Source
 from keras_fcn.layers import CAFFE_BGR_MEAN
 
@@ -186,3 +190,27 @@ def _pad_ragged_batch(images: tf.RaggedTensor, masks: tf.RaggedTensor):
     images = images.to_tensor(default_value=tf.constant(MEAN_RGB, tf.float32))
     masks = masks.to_tensor(default_value=tf.constant(IGNORE_LABEL, tf.uint8))
     return images, masks
+
+
+def data_error_from(error: tf.errors.OpError) -> DataError | None:
+    """The `DataError` raised inside a tf.data function, recovered from TensorFlow's wrapped message."""
+    match = re.search(r"DataError: (.*)", error.message or "")
+    return DataError(match.group(1).strip()) if match else None
+
+
+@contextlib.contextmanager
+def data_errors() -> Iterator[None]:
+    """Turns a `DataError` raised inside a tf.data function (which TensorFlow wraps in an `OpError`) back
+    into a `DataError` naming the file; other errors pass unchanged.
+
+    Example:
+    >>> with data_errors():  # doctest: +SKIP
+    ...     model.fit(make_dataset(source), epochs=1)
+    """
+    try:
+        yield
+    except tf.errors.OpError as error:
+        data_error = data_error_from(error)
+        if data_error is None:
+            raise
+        raise data_error from None
