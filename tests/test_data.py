@@ -233,6 +233,25 @@ def test_tfds_generic_keys_and_random_mock_errors():
             tf_examples(raw)
 
 
+def test_tfds_examples_are_shuffled_each_epoch_and_seeded():
+    examples = pet_examples(12)
+    ids = {ex["image"].tobytes(): i for i, ex in enumerate(examples)}
+
+    def epochs(dataset, count):
+        return [[ids[image[0].numpy().astype(np.uint8).tobytes()] for image, _ in dataset] for _ in range(count)]
+
+    with mocked_pets(examples):  # one generator, like one TFDS file: only a buffer shuffle mixes it
+        source = data.tfds("oxford_iiit_pet", "train")
+        settings = {"batch_size": 1, "augment_data": False, "cache": False, "seed": 3}
+        first, second = epochs(data.make_dataset(source, **settings), 2)
+        (again,) = epochs(data.make_dataset(source, **settings), 1)
+        (unshuffled,) = epochs(data.make_dataset(source, shuffle=False, **settings), 1)
+    assert sorted(first) == sorted(second) == list(range(12))
+    assert first != second  # reshuffled every epoch
+    assert first == again  # the same order for the same seed
+    assert first != list(range(12)) and unshuffled == list(range(12))
+
+
 # ---------------------------------------------------------------------------------------------------
 # synthetic data and specs
 # ---------------------------------------------------------------------------------------------------

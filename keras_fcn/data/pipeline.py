@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 
 from keras_fcn.data.files import IGNORE_LABEL, DataError
-from keras_fcn.data.sources import Source
+from keras_fcn.data.sources import IndexedSource, Source
 from keras_fcn.layers import CAFFE_BGR_MEAN
 
 # The mean pixel `CaffePreprocessing` subtracts (Keras's VGG16 "caffe" mean, BGR 103.939, 116.779, 123.68),
@@ -113,7 +113,8 @@ def make_dataset(
         cache: True (memory), a file path, False, or "auto": memory when the decoded data fits in
             `CACHE_LIMIT_BYTES`.
         seed: makes shuffling and augmentation deterministic; None draws a fresh seed.
-        shuffle_buffer: shuffle buffer size when shuffling after the cache.
+        shuffle_buffer: shuffle buffer size (decoded examples held in memory) when shuffling after the
+            cache, or a source that cannot shuffle by index (TFDS).
 
     Returns:
         A `tf.data.Dataset`, prefetched.
@@ -145,6 +146,10 @@ def make_dataset(
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     else:
         dataset = source.dataset(shuffle=shuffle, seed=seed)
+        if shuffle and not isinstance(source, IndexedSource):
+            # An indexed source shuffles all its indices; others (TFDS) shuffle at most the order of
+            # their files, so the examples within a file would always come in the same order.
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
 
