@@ -7,11 +7,16 @@
     checkpoints/epoch_NNN.weights.h5 weights after every epoch
     backup/                          `BackupAndRestore` state: a killed run restarted with the same
                                      output folder continues from its last finished epoch
+                                     (removed when the run finishes)
     classes.txt                      class names, one per line (read by `keras-fcn predict`)
     best.keras                       the model with the best validation mean IU (training mean IU
                                      without validation data)
     final.keras                      the model at the end of training
     history.csv, logs/               CSV and TensorBoard logs
+
+A folder that holds a finished run (or files of anything else) is refused: a new run there would
+overwrite its history and models. `overwrite=True` (`--overwrite`) deletes the old run's outputs and
+starts afresh; `init_from=".../final.keras"` in a new folder continues from a finished model.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 
 import keras
@@ -136,6 +142,46 @@ def _callbacks(config: TrainConfig, output_dir: str, monitor: str, resuming: boo
     ]
 
 
+# Written before the first epoch ends: a folder holding only these has no run worth keeping
+# (`workers/` holds the other workers' scratch copies in a multi-worker run).
+_STARTUP_ENTRIES = {"config.json", "classes.txt", "logs", "workers"}
+# What a run writes; `overwrite=True` deletes these (and nothing else).
+_RUN_OUTPUTS = ("backup", "checkpoints", "logs", "best.keras", "final.keras", "history.csv", "classes.txt")
+
+
+def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuses a folder holding a finished or foreign run unless `overwrite`; one with a backup resumes."""
+    if not os.path.isdir(output_dir):
+        return
+    if overwrite:
+        for name in _RUN_OUTPUTS:
+            path = os.path.join(output_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        return
+    if os.path.isdir(os.path.join(output_dir, "backup")):
+        return  # a killed run: BackupAndRestore continues it
+    held = sorted(
+        name
+        for name in os.listdir(output_dir)
+        if name not in _STARTUP_ENTRIES and not (name == "history.csv" and _only_header(os.path.join(output_dir, name)))
+    )
+    if held:
+        raise ValueError(
+            f"The output folder {output_dir} holds a finished run or other files ({', '.join(held[:6])}) and no "
+            "backup to resume from; training there would overwrite them. Give a new `output_dir`, "
+            "`overwrite=True` (--overwrite) to delete the old run's outputs and start afresh, or continue a "
+            f"finished run in a new folder with `init_from` its final.keras. Received: output_dir={output_dir!r}"
+        )
+
+
+def _only_header(path: str) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        return len(handle.read().splitlines()) <= 1
+
+
 def _length(source) -> int | None:
     try:
         return len(source)
@@ -199,8 +245,10 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     chief, worker_name = _is_chief(strategy)
     # Non-chief workers write their own scratch copy so that files never collide.
     output_dir = config.output_dir if chief else os.path.join(config.output_dir, "workers", worker_name)
+    _prepare_output_dir(output_dir, config.overwrite)
     os.makedirs(output_dir, exist_ok=True)
-    config.save(os.path.join(output_dir, "config.json"))
+    # Saved with overwrite=False: rerunning from this config.json must not delete this run by itself.
+    dataclasses.replace(config, overwrite=False).save(os.path.join(output_dir, "config.json"))
     keras.utils.set_random_seed(config.seed)
 
     train_source = from_spec(
