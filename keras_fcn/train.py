@@ -21,11 +21,13 @@ starts afresh; `init_from=".../final.keras"` in a new folder continues from a fi
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 
 import keras
@@ -128,18 +130,68 @@ def describe_backbone(config: TrainConfig) -> str:
     return f"{config.variant} on {shape}, backbone weights: {weights}"
 
 
-def _callbacks(config: TrainConfig, output_dir: str, monitor: str, resuming: bool) -> list:
+def _callbacks(output_dir: str, monitor: str, resuming: bool, best_so_far: float | None) -> list:
+    # Order matters for a kill between two of them: a backup of epoch e implies its weights checkpoint,
+    # and best.keras never holds an epoch missing from history.csv (whose best value a resumed run
+    # must beat, see `_best_logged`).
     return [
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
         keras.callbacks.ModelCheckpoint(
             os.path.join(output_dir, "checkpoints", "epoch_{epoch:03d}.weights.h5"), save_weights_only=True
         ),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(output_dir, "best.keras"), monitor=monitor, mode="max", save_best_only=True
-        ),
+        # double_checkpoint: the previous backup is kept, so a kill while writing the new one loses nothing.
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup"), double_checkpoint=True),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=resuming),
+        BestModelCheckpoint(os.path.join(output_dir, "best.keras"), monitor, initial_value_threshold=best_so_far),
         keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
     ]
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Saves the model whenever `monitor` (higher is better) beats the best value so far, atomically.
+
+    Keras's `ModelCheckpoint` writes the file in place, so a kill mid-save leaves a truncated model; this
+    one writes a temporary file beside it and renames it over the old one.
+
+    Args:
+        path: the `.keras` file.
+        monitor: the logged metric, e.g. `"val_mean_iu"`.
+        initial_value_threshold: the value to beat first (a resumed run's best so far); None: any value.
+    """
+
+    def __init__(self, path: str, monitor: str, initial_value_threshold: float | None = None):
+        super().__init__()
+        self.path, self.monitor, self.best = path, monitor, initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None or math.isnan(float(current)):
+            return
+        if self.best is not None and not float(current) > self.best:
+            return
+        self.best = float(current)
+        fd, tmp = tempfile.mkstemp(prefix=".best-", suffix=".keras", dir=os.path.dirname(os.path.abspath(self.path)))
+        os.close(fd)
+        try:
+            self.model.save(tmp)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _best_logged(output_dir: str, monitor: str, before_epoch: int) -> float | None:
+    """The best (highest) `monitor` value history.csv holds for epochs before `before_epoch`, or None."""
+    path = os.path.join(output_dir, "history.csv")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", newline="") as handle:
+        values = [
+            float(row[monitor])
+            for row in csv.DictReader(handle)
+            if row.get(monitor) not in (None, "") and int(row["epoch"]) < before_epoch
+        ]
+    values = [value for value in values if not math.isnan(value)]
+    return max(values) if values else None
 
 
 # Written before the first epoch ends: a folder holding only these has no run worth keeping
@@ -321,6 +373,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         )
         if initial_epoch:
             print(f"keras_fcn: resuming from the backup after epoch {initial_epoch}")
+    # On resume the best model must beat the best epoch before the kill, not merely the first one after it.
+    best_so_far = _best_logged(output_dir, monitor, initial_epoch) if initial_epoch else None
     with data_errors():
         history = model.fit(
             train_ds,
@@ -329,7 +383,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
             validation_data=val_ds,
             validation_steps=config.validation_steps,
             shuffle=False,  # the dataset shuffles itself
-            callbacks=_callbacks(config, output_dir, monitor, resuming=initial_epoch > 0),
+            callbacks=_callbacks(output_dir, monitor, resuming=initial_epoch > 0, best_so_far=best_so_far),
             verbose=config.verbose,
         )
     model.save(os.path.join(output_dir, "final.keras"))
