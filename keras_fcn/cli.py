@@ -377,12 +377,9 @@ def _data_options(items) -> dict:
 def run_evaluate(args) -> int:
     import json
 
-    import tensorflow as tf
-
-    from keras_fcn.data import DataError, from_spec
+    from keras_fcn.data import DataError, data_errors, from_spec
     from keras_fcn.evaluate import evaluate
     from keras_fcn.metrics import format_scores
-    from keras_fcn.train import data_error_from
 
     model = _load_model(args.model)
     num_classes = int(model.output_shape[-1])
@@ -390,14 +387,10 @@ def run_evaluate(args) -> int:
         source = from_spec(
             args.data, args.split, num_classes=num_classes, seed=args.seed, **_data_options(args.data_option)
         )
-        result = evaluate(model, source, num_classes, limit=args.limit)
+        with data_errors():
+            result = evaluate(model, source, num_classes, limit=args.limit)
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
-    except tf.errors.OpError as error:
-        data_error = data_error_from(error)
-        if data_error is None:
-            raise
-        raise CommandError(str(data_error)) from None
     print(f"{args.model} on {source.name}: {result['num_images']} images at full resolution")
     print(format_scores(result, result["class_names"]))
     if args.json:
@@ -431,7 +424,7 @@ def run_predict(args) -> int:
     names = _class_names_for(args.model, args.class_names, int(model.output_shape[-1]))
     try:
         written = predict_files(model, args.images, args.output, names)
-    except DataError as error:
+    except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
     for classes_png, overlay_png in written:
         print(f"{classes_png}  {overlay_png}")

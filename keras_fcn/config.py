@@ -62,6 +62,7 @@ class TrainConfig:
     devices: tuple[str, ...] | None = None  # devices for "mirrored" (default: all GPUs, else the CPU)
     # --- output ------------------------------------------------------------------------------------
     output_dir: str = "runs/fcn"
+    overwrite: bool = False  # start afresh in an output_dir holding a finished run, deleting its outputs
     seed: int = 0
     verbose: int | str = "auto"  # Keras's progress bar
 

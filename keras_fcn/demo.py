@@ -111,6 +111,7 @@ def run_demo(
         epochs=epochs,
         steps_per_epoch=steps_per_epoch,
         output_dir=os.path.join(output_dir, "train"),
+        overwrite=True,  # a rerun of the demo redoes its whole folder, the training run included
         seed=seed,
         verbose=verbose,
     )

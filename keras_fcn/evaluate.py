@@ -32,11 +32,20 @@ def evaluate(model, source: Source, num_classes: int | None = None, limit: int |
         `keras_fcn.metrics.scores` of the summed confusion matrix, plus `confusion_matrix`,
         `num_images` and `class_names`.
 
+    Raises:
+        ValueError: if the model's number of outputs differs from `num_classes`.
+
     Example:
     >>> result = evaluate(model, keras_fcn.data.voc(root, "seg11valid"))  # doctest: +SKIP
     >>> print(keras_fcn.metrics.format_scores(result, result["class_names"]))  # doctest: +SKIP
     """
     num_classes = num_classes or source.num_classes
+    outputs = model.output_shape[-1]
+    if outputs is not None and outputs != num_classes:
+        raise ValueError(
+            f"The model scores {outputs} classes but the evaluation counts {num_classes} ({source.name}). "
+            f"Received: num_classes={num_classes}"
+        )
     predict = predict_fn(model)
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
     dataset = source.dataset().prefetch(tf.data.AUTOTUNE)

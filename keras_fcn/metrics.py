@@ -56,7 +56,8 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
         An `(n, n)` int64 array; rows are true classes, columns predicted classes.
 
     Raises:
-        ValueError: if the shapes differ or `num_classes < 1`.
+        ValueError: if the shapes differ, `num_classes < 1`, or a prediction is outside `[0, num_classes)`
+            (a model with more outputs than classes; counting it as another class would skew the scores).
 
     Example:
     >>> confusion_matrix(np.array([0, 1, 255]), np.array([0, 0, 1]), 2).tolist()
@@ -73,6 +74,12 @@ def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: i
         raise ValueError(f"`num_classes` must be at least 1. Received: num_classes={num_classes}")
     labels = labels.astype(np.int64).ravel()
     predictions = predictions.astype(np.int64).ravel()
+    outside = (predictions < 0) | (predictions >= num_classes)
+    if outside.any():
+        raise ValueError(
+            f"`predictions` must be class ids in [0, {num_classes}). "
+            f"Received: predictions with values {np.unique(predictions[outside]).tolist()}"
+        )
     keep = (labels >= 0) & (labels < num_classes)
     return np.bincount(num_classes * labels[keep] + predictions[keep], minlength=num_classes**2).reshape(
         num_classes, num_classes
@@ -181,6 +188,11 @@ class ConfusionMatrixMetric(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None):
         n = self.num_classes
+        if y_pred.shape[-1] is not None and y_pred.shape[-1] != n:
+            # An argmax beyond n - 1 would land in another class's bin of the flattened matrix.
+            raise ValueError(
+                f"`y_pred` must hold one score per class, shape (N, H, W, {n}). Received: y_pred.shape={y_pred.shape}"
+            )
         labels, predictions = _labels_and_predictions(y_true, y_pred)
         keep = ops.logical_and(labels >= 0, labels < n)
         index = ops.where(keep, n * labels + predictions, n * n)  # ignored pixels go to a spare bin
@@ -281,7 +293,8 @@ class SegmentationLoss(keras.losses.Loss):
     """Per-pixel softmax cross-entropy on logits; pixels labelled `ignore_label` contribute nothing.
 
     With `normalize=True` (default) the loss is the weighted mean over the non-ignored pixels of the
-    batch: the value does not grow with image size, so ordinary learning rates (~1e-4) work. With
+    batch (under tf.distribute: of each replica's share, then averaged over replicas): the value does not
+    grow with image size, so ordinary learning rates (~1e-4) work. With
     `normalize=False` it is the reference's Caffe loss, the sum over pixels (per image), which needs the
     paper's tiny rates (1e-10 … 1e-14).
 
@@ -332,12 +345,21 @@ class SegmentationLoss(keras.losses.Loss):
         pixel_loss = ops.sparse_categorical_crossentropy(labels, y_pred, from_logits=True)  # (N, H, W)
         weight = ops.cast(valid, "float32")
         if self.class_weights is not None:
+            num_classes = y_pred.shape[-1]
+            if num_classes is not None and len(self.class_weights) != num_classes:
+                # ops.take would clip or fail on a short list, and silently ignore the tail of a long one.
+                raise ValueError(
+                    f"`class_weights` must have one weight per class ({num_classes}). "
+                    f"Received: class_weights={self.class_weights}"
+                )
             weight = weight * ops.take(ops.convert_to_tensor(self.class_weights, "float32"), labels)
         # where(): an ignored pixel's loss can be inf/NaN for garbage logits; 0 * NaN would leak through.
         per_image = ops.sum(ops.where(weight > 0, pixel_loss * weight, 0.0), axis=(1, 2))  # (N,)
         if self.normalize:
-            # Keras averages these N values (and divides by the replicas under tf.distribute), so
-            # scaling by N / total weight makes the result the mean over the batch's valid pixels.
+            # Keras averages these N values, so scaling by N / total weight makes the result the weighted
+            # mean over the batch's valid pixels. Under tf.distribute each replica does this on its own
+            # share and the replicas' results are averaged: the mean of per-replica means, which equals
+            # the mean over the global batch's valid pixels only when every replica holds as many.
             batch = ops.cast(ops.shape(y_true)[0], "float32")
             per_image = per_image * (batch / ops.maximum(ops.sum(weight), 1e-6))
         return per_image

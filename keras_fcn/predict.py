@@ -14,10 +14,14 @@ from keras_fcn.visualize import overlay, save_class_png
 
 
 def predict_masks(model, images: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Class ids `(H, W)` uint8 for each RGB image `(H, W, 3)`, each at its own size."""
+    """Class ids `(H, W)` int32 for each RGB image `(H, W, 3)`, each at its own size."""
     predict = predict_fn(model)
-    return [predict(tf.convert_to_tensor(np.asarray(image, np.float32)[None]))[0].numpy().astype(np.uint8)
-            for image in images]  # fmt: skip
+    return [_class_ids(predict, image) for image in images]
+
+
+def _class_ids(predict, image: np.ndarray) -> np.ndarray:
+    """`(H, W)` int32 class ids of one image: not uint8, which would wrap the ids of a model with 256+ classes."""
+    return np.asarray(predict(tf.convert_to_tensor(np.asarray(image, np.float32)[None]))[0], np.int32)
 
 
 def predict_files(
@@ -38,15 +42,25 @@ def predict_files(
         `[(classes_png, overlay_png), ...]` in the order of `paths`.
 
     Raises:
+        ValueError: two paths with the same stem (`a/x.jpg`, `b/x.png`), whose outputs would overwrite
+            each other (both named).
         DataError: an image that cannot be read (named).
     """
+    stems = {}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        if stem in stems:
+            raise ValueError(
+                f"{stems[stem]} and {path} would both be written to {stem}_classes.png and {stem}_overlay.png; "
+                f"rename one or predict them into different folders. Received: paths={list(paths)}"
+            )
+        stems[stem] = path
     os.makedirs(output_dir, exist_ok=True)
     predict = predict_fn(model)
     written = []
-    for path in paths:
+    for path, stem in zip(paths, stems, strict=True):
         image = read_image(path)
-        mask = predict(tf.convert_to_tensor(image.astype(np.float32)[None]))[0].numpy().astype(np.uint8)
-        stem = os.path.splitext(os.path.basename(path))[0]
+        mask = _class_ids(predict, image)
         classes_png = os.path.join(output_dir, f"{stem}_classes.png")
         overlay_png = os.path.join(output_dir, f"{stem}_overlay.png")
         save_class_png(mask, classes_png)

@@ -7,20 +7,27 @@
     checkpoints/epoch_NNN.weights.h5 weights after every epoch
     backup/                          `BackupAndRestore` state: a killed run restarted with the same
                                      output folder continues from its last finished epoch
+                                     (removed when the run finishes)
     classes.txt                      class names, one per line (read by `keras-fcn predict`)
     best.keras                       the model with the best validation mean IU (training mean IU
                                      without validation data)
     final.keras                      the model at the end of training
     history.csv, logs/               CSV and TensorBoard logs
+
+A folder that holds a finished run (or files of anything else) is refused: a new run there would
+overwrite its history and models. `overwrite=True` (`--overwrite`) deletes the old run's outputs and
+starts afresh; `init_from=".../final.keras"` in a new folder continues from a finished model.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
 import os
-import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 
 import keras
@@ -28,7 +35,7 @@ import tensorflow as tf
 
 from keras_fcn import metrics
 from keras_fcn.config import TrainConfig
-from keras_fcn.data import DataError, from_spec, make_dataset
+from keras_fcn.data import data_errors, from_spec, make_dataset
 
 
 @dataclass
@@ -123,18 +130,108 @@ def describe_backbone(config: TrainConfig) -> str:
     return f"{config.variant} on {shape}, backbone weights: {weights}"
 
 
-def _callbacks(config: TrainConfig, output_dir: str, monitor: str, resuming: bool) -> list:
+def _callbacks(output_dir: str, monitor: str, resuming: bool, best_so_far: float | None) -> list:
+    # Order matters for a kill between two of them: a backup of epoch e implies its weights checkpoint,
+    # and best.keras never holds an epoch missing from history.csv (whose best value a resumed run
+    # must beat, see `_best_logged`).
     return [
-        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
         keras.callbacks.ModelCheckpoint(
             os.path.join(output_dir, "checkpoints", "epoch_{epoch:03d}.weights.h5"), save_weights_only=True
         ),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(output_dir, "best.keras"), monitor=monitor, mode="max", save_best_only=True
-        ),
+        # double_checkpoint: the previous backup is kept, so a kill while writing the new one loses nothing.
+        keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup"), double_checkpoint=True),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=resuming),
+        BestModelCheckpoint(os.path.join(output_dir, "best.keras"), monitor, initial_value_threshold=best_so_far),
         keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
     ]
+
+
+class BestModelCheckpoint(keras.callbacks.Callback):
+    """Saves the model whenever `monitor` (higher is better) beats the best value so far, atomically.
+
+    Keras's `ModelCheckpoint` writes the file in place, so a kill mid-save leaves a truncated model; this
+    one writes a temporary file beside it and renames it over the old one.
+
+    Args:
+        path: the `.keras` file.
+        monitor: the logged metric, e.g. `"val_mean_iu"`.
+        initial_value_threshold: the value to beat first (a resumed run's best so far); None: any value.
+    """
+
+    def __init__(self, path: str, monitor: str, initial_value_threshold: float | None = None):
+        super().__init__()
+        self.path, self.monitor, self.best = path, monitor, initial_value_threshold
+
+    def on_epoch_end(self, epoch, logs=None):
+        current = (logs or {}).get(self.monitor)
+        if current is None or math.isnan(float(current)):
+            return
+        if self.best is not None and not float(current) > self.best:
+            return
+        self.best = float(current)
+        fd, tmp = tempfile.mkstemp(prefix=".best-", suffix=".keras", dir=os.path.dirname(os.path.abspath(self.path)))
+        os.close(fd)
+        try:
+            self.model.save(tmp)
+            os.replace(tmp, self.path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+
+
+def _best_logged(output_dir: str, monitor: str, before_epoch: int) -> float | None:
+    """The best (highest) `monitor` value history.csv holds for epochs before `before_epoch`, or None."""
+    path = os.path.join(output_dir, "history.csv")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8", newline="") as handle:
+        values = [
+            float(row[monitor])
+            for row in csv.DictReader(handle)
+            if row.get(monitor) not in (None, "") and int(row["epoch"]) < before_epoch
+        ]
+    values = [value for value in values if not math.isnan(value)]
+    return max(values) if values else None
+
+
+# Written before the first epoch ends: a folder holding only these has no run worth keeping
+# (`workers/` holds the other workers' scratch copies in a multi-worker run).
+_STARTUP_ENTRIES = {"config.json", "classes.txt", "logs", "workers"}
+# What a run writes; `overwrite=True` deletes these (and nothing else).
+_RUN_OUTPUTS = ("backup", "checkpoints", "logs", "best.keras", "final.keras", "history.csv", "classes.txt")
+
+
+def _prepare_output_dir(output_dir: str, overwrite: bool) -> None:
+    """Refuses a folder holding a finished or foreign run unless `overwrite`; one with a backup resumes."""
+    if not os.path.isdir(output_dir):
+        return
+    if overwrite:
+        for name in _RUN_OUTPUTS:
+            path = os.path.join(output_dir, name)
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.exists(path):
+                os.remove(path)
+        return
+    if os.path.isdir(os.path.join(output_dir, "backup")):
+        return  # a killed run: BackupAndRestore continues it
+    held = sorted(
+        name
+        for name in os.listdir(output_dir)
+        if name not in _STARTUP_ENTRIES and not (name == "history.csv" and _only_header(os.path.join(output_dir, name)))
+    )
+    if held:
+        raise ValueError(
+            f"The output folder {output_dir} holds a finished run or other files ({', '.join(held[:6])}) and no "
+            "backup to resume from; training there would overwrite them. Give a new `output_dir`, "
+            "`overwrite=True` (--overwrite) to delete the old run's outputs and start afresh, or continue a "
+            f"finished run in a new folder with `init_from` its final.keras. Received: output_dir={output_dir!r}"
+        )
+
+
+def _only_header(path: str) -> bool:
+    with open(path, encoding="utf-8") as handle:
+        return len(handle.read().splitlines()) <= 1
 
 
 def _length(source) -> int | None:
@@ -176,12 +273,6 @@ def _multi_worker_workarounds(model: keras.Model, strategy, element_spec) -> Non
     model.test_step = lambda data: add_axis(test_step(data))
 
 
-def data_error_from(error: tf.errors.OpError) -> DataError | None:
-    """The `DataError` raised inside a tf.data function, recovered from TensorFlow's wrapped message."""
-    match = re.search(r"DataError: (.*)", error.message or "")
-    return DataError(match.group(1).strip()) if match else None
-
-
 def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Trains an FCN as described by `config` (or `TrainConfig(**overrides)`).
 
@@ -206,14 +297,21 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     chief, worker_name = _is_chief(strategy)
     # Non-chief workers write their own scratch copy so that files never collide.
     output_dir = config.output_dir if chief else os.path.join(config.output_dir, "workers", worker_name)
+    _prepare_output_dir(output_dir, config.overwrite)
     os.makedirs(output_dir, exist_ok=True)
-    config.save(os.path.join(output_dir, "config.json"))
+    # Saved with overwrite=False: rerunning from this config.json must not delete this run by itself.
+    dataclasses.replace(config, overwrite=False).save(os.path.join(output_dir, "config.json"))
     keras.utils.set_random_seed(config.seed)
 
     train_source = from_spec(
         config.train_data, config.train_split, num_classes=config.num_classes, seed=config.seed, **config.data_options
     )
     num_classes = config.num_classes or train_source.num_classes
+    if config.class_weights is not None and len(config.class_weights) != num_classes:
+        raise ValueError(
+            f"`class_weights` must have one weight per class ({num_classes}). "
+            f"Received: class_weights={config.class_weights}"
+        )
     with open(os.path.join(output_dir, "classes.txt"), "w", encoding="utf-8") as handle:
         handle.write("".join(f"{name}\n" for name in train_source.class_names[:num_classes]))
     val_source = None
@@ -275,7 +373,9 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         )
         if initial_epoch:
             print(f"keras_fcn: resuming from the backup after epoch {initial_epoch}")
-    try:
+    # On resume the best model must beat the best epoch before the kill, not merely the first one after it.
+    best_so_far = _best_logged(output_dir, monitor, initial_epoch) if initial_epoch else None
+    with data_errors():
         history = model.fit(
             train_ds,
             epochs=config.epochs,
@@ -283,14 +383,9 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
             validation_data=val_ds,
             validation_steps=config.validation_steps,
             shuffle=False,  # the dataset shuffles itself
-            callbacks=_callbacks(config, output_dir, monitor, resuming=initial_epoch > 0),
+            callbacks=_callbacks(output_dir, monitor, resuming=initial_epoch > 0, best_so_far=best_so_far),
             verbose=config.verbose,
         )
-    except tf.errors.OpError as error:
-        data_error = data_error_from(error)
-        if data_error is None:
-            raise
-        raise data_error from None
     model.save(os.path.join(output_dir, "final.keras"))
     return TrainResult(
         model=model,

@@ -52,10 +52,12 @@ def save_class_png(mask: np.ndarray, path: str) -> None:
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
-    """Class ids `(H, W)` → RGB `(H, W, 3)` with the VOC palette (255 is drawn white)."""
-    palette = voc_palette()
-    palette[IGNORE_LABEL] = (255, 255, 255)
-    return palette[np.asarray(mask, dtype=np.uint8)]
+    """Class ids `(H, W)` → RGB `(H, W, 3)` with the VOC palette (255 is drawn white; ids past 255 reuse
+    the colours of `id % 256`)."""
+    mask = np.asarray(mask, dtype=np.int64)
+    colours = voc_palette()[mask % 256]
+    colours[mask == IGNORE_LABEL] = (255, 255, 255)
+    return colours
 
 
 def overlay(
@@ -107,7 +109,8 @@ def _with_legend(picture: Image.Image, classes: list[int], class_names: Sequence
     for i, (label, name) in enumerate(zip(classes, names, strict=True)):
         top = 4 + i * row
         left = picture.width + 4
-        draw.rectangle([left, top, left + 12, top + 10], fill=tuple(int(v) for v in palette[label]), outline=(0, 0, 0))
+        colour = tuple(int(v) for v in palette[label % 256])
+        draw.rectangle([left, top, left + 12, top + 10], fill=colour, outline=(0, 0, 0))
         draw.text((left + 18, top - 1), name, fill=(0, 0, 0), font=font)
     return canvas
 

@@ -233,6 +233,25 @@ def test_tfds_generic_keys_and_random_mock_errors():
             tf_examples(raw)
 
 
+def test_tfds_examples_are_shuffled_each_epoch_and_seeded():
+    examples = pet_examples(12)
+    ids = {ex["image"].tobytes(): i for i, ex in enumerate(examples)}
+
+    def epochs(dataset, count):
+        return [[ids[image[0].numpy().astype(np.uint8).tobytes()] for image, _ in dataset] for _ in range(count)]
+
+    with mocked_pets(examples):  # one generator, like one TFDS file: only a buffer shuffle mixes it
+        source = data.tfds("oxford_iiit_pet", "train")
+        settings = {"batch_size": 1, "augment_data": False, "cache": False, "seed": 3}
+        first, second = epochs(data.make_dataset(source, **settings), 2)
+        (again,) = epochs(data.make_dataset(source, **settings), 1)
+        (unshuffled,) = epochs(data.make_dataset(source, shuffle=False, **settings), 1)
+    assert sorted(first) == sorted(second) == list(range(12))
+    assert first != second  # reshuffled every epoch
+    assert first == again  # the same order for the same seed
+    assert first != list(range(12)) and unshuffled == list(range(12))
+
+
 # ---------------------------------------------------------------------------------------------------
 # synthetic data and specs
 # ---------------------------------------------------------------------------------------------------
@@ -268,3 +287,22 @@ def test_spec_strings():
 def test_example_helper_is_consistent():
     image, mask = example(np.random.default_rng(0), (9, 9), 5)
     assert image.shape == (9, 9, 3) and mask.shape == (9, 9)
+
+
+def test_synthetic_split_seed_does_not_depend_on_the_hash_seed():
+    import subprocess
+    import sys
+    import zlib
+
+    code = (
+        "from keras_fcn import data; s = data.from_spec('synthetic:2', 'holdout', seed=5); "
+        "print(s.seed, int(s.load(1)[0].astype('int64').sum()))"
+    )
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    printed = [
+        subprocess.run([sys.executable, "-c", code], env={**env, "PYTHONHASHSEED": hash_seed}, check=True,
+                       capture_output=True, text=True).stdout.split()  # fmt: skip
+        for hash_seed in ("1", "2")
+    ]
+    assert printed[0] == printed[1]
+    assert int(printed[0][0]) == 5 + zlib.crc32(b"holdout") % 1_000_000

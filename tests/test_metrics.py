@@ -127,3 +127,31 @@ def test_loss_gives_zero_gradient_at_ignored_pixels():
 def test_loss_rejects_bad_class_weights():
     with pytest.raises(ValueError, match="Received: class_weights"):
         metrics.SegmentationLoss(class_weights=[1.0, -1.0])
+
+
+def test_predictions_outside_the_classes_are_refused():
+    labels = np.array([[0, 1], [2, 255]])
+    with pytest.raises(ValueError, match=r"Received: predictions with values \[-1, 3\]"):
+        metrics.confusion_matrix(labels, np.array([[0, 3], [-1, 3]]), 3)
+    metric = metrics.MeanIU(num_classes=3)
+    with pytest.raises(ValueError, match=r"Received: y_pred.shape=\(1, 2, 2, 4\)"):
+        metric.update_state(labels[None], np.zeros((1, 2, 2, 4), "float32"))
+    np.testing.assert_array_equal(metric.hist.numpy(), np.zeros((3, 3)))  # nothing counted
+
+
+def test_evaluate_refuses_a_model_with_another_class_count():
+    from keras_fcn.data import synthetic
+    from keras_fcn.evaluate import evaluate
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs))  # 4 outputs, 3 classes in the data
+    with pytest.raises(ValueError, match="The model scores 4 classes.*Received: num_classes=3"):
+        evaluate(model, synthetic(num_examples=2, image_size=(16, 16), num_classes=3))
+
+
+@pytest.mark.parametrize("weights", [(1.0, 2.0), (1.0, 2.0, 3.0, 4.0)])
+def test_loss_refuses_class_weights_of_another_length(weights):
+    loss = metrics.SegmentationLoss(class_weights=weights)
+    y_true = np.zeros((1, 2, 2), "int32")
+    with pytest.raises(ValueError, match=r"one weight per class \(3\).*Received: class_weights="):
+        loss(y_true, np.zeros((1, 2, 2, 3), "float32"))

@@ -128,3 +128,35 @@ def test_augment_is_a_graph_function():
     fn = tf.function(lambda x, y, s: data.augment(x, y, s, crop_size=(8, 8)))
     image, mask = fn(tf.zeros((10, 12, 3), tf.uint8), tf.zeros((10, 12), tf.uint8), tf.constant([1, 2]))
     assert image.shape == (8, 8, 3) and mask.dtype == tf.uint8
+
+
+def test_padding_is_zero_after_the_models_preprocessing():
+    import keras
+
+    from keras_fcn.layers import CaffePreprocessing
+
+    class Small(Painted):
+        def load(self, index):
+            image, mask = super().load(index)
+            return (image[:20, :30], mask[:20, :30]) if index % 2 else (image, mask)
+
+    cropped = data.make_dataset(Small(count=2), batch_size=2, crop_size=(36, 50), augment_data=False, shuffle=False)
+    full = data.make_dataset(Small(count=2), batch_size=2, augment_data=False, shuffle=False)  # ragged → padded
+    for images, masks in (next(iter(cropped)), next(iter(full))):
+        padded = masks.numpy() == 255
+        assert padded.sum() > 0
+        np.testing.assert_array_equal(CaffePreprocessing()(images).numpy()[padded], 0.0)
+        # Keras's own VGG16 preprocessing, as an independent reference
+        reference = keras.applications.vgg16.preprocess_input(images.numpy().copy())
+        np.testing.assert_allclose(reference[padded], 0.0, atol=1e-4)
+
+
+def test_data_errors_recovers_the_data_error_from_a_tf_data_function():
+    wrapped = tf.errors.InvalidArgumentError(None, None, "Error in py_call: DataError: Mask m.png is bad\n")
+    with pytest.raises(data.DataError, match=r"^Mask m\.png is bad$"):
+        with data.data_errors():
+            raise wrapped
+    other = tf.errors.InvalidArgumentError(None, None, "shapes differ")
+    with pytest.raises(tf.errors.InvalidArgumentError, match="shapes differ"):
+        with data.data_errors():
+            raise other

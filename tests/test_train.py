@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -141,3 +142,51 @@ def test_mixed_precision_and_xla_runs(tmp_path, settings):
     assert result.model(x).dtype == "float32"  # logits stay float32
     if settings.get("mixed_precision"):
         assert result.model.get_layer("block1_conv1").compute_dtype in ("bfloat16", "float16")
+
+
+def test_class_weights_must_match_the_classes(tmp_path):
+    with pytest.raises(ValueError, match=r"one weight per class \(3\). Received: class_weights=\(1.0, 2.0\)"):
+        train(train_data="synthetic:4", num_classes=3, class_weights=(1.0, 2.0), epochs=1,
+              output_dir=str(tmp_path / "run"), **TINY)  # fmt: skip
+    assert not os.path.exists(tmp_path / "run" / "history.csv")  # refused before training
+
+
+def test_cli_evaluate_names_a_bad_mask(tmp_path, capsys):
+    make_folder(str(tmp_path), ["a", "b"], size=(16, 16))
+    save_palette_png(tmp_path / "masks" / "b.png", np.full((16, 16), 9, np.uint8))
+    model_path = str(tmp_path / "m.keras")
+    keras_fcn.fcn32s(4, backbone_filters=TINY["backbone_filters"], fc_units=16).save(model_path)
+    code = cli.main(["evaluate", "--model", model_path, "--data", f"folder:{tmp_path}"])
+    assert code == 2 and re.search(r"Mask .*b\.png has values outside \[0, 4\)", capsys.readouterr().err)
+
+
+def test_a_finished_or_foreign_run_is_refused_unless_overwrite(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    settings = {"train_data": "synthetic:8", "epochs": 1, "steps_per_epoch": 1, "output_dir": out, **TINY}
+    train(**settings)
+    before = {name: open(os.path.join(out, name), "rb").read() for name in ("history.csv", "config.json")}
+    with pytest.raises(ValueError, match="holds a finished run.*Received: output_dir="):
+        train(**{**settings, "epochs": 2})
+    after = {name: open(os.path.join(out, name), "rb").read() for name in ("history.csv", "config.json")}
+    assert after == before  # nothing touched
+
+    # the saved config, rerun from the command line: refused, then started afresh with --overwrite
+    args = ["train", "--config", os.path.join(out, "config.json"), "--epochs", "2"]
+    assert cli.main(args) == 2 and "--overwrite" in capsys.readouterr().err
+    stale = os.path.join(out, "checkpoints", "epoch_009.weights.h5")
+    open(stale, "wb").close()
+    assert cli.main([*args, "--overwrite"]) == 0
+    with open(os.path.join(out, "history.csv")) as handle:
+        assert [row.split(",")[0] for row in handle.read().split()[1:]] == ["0", "1"]
+    assert not os.path.exists(stale)  # the old run's outputs were deleted, not mixed with the new ones
+    assert TrainConfig.load(os.path.join(out, "config.json")).overwrite is False  # never saved as True
+
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "todo.txt").write_text("mine")
+    with pytest.raises(ValueError, match=r"\(todo\.txt\)"):
+        train(**{**settings, "output_dir": str(foreign)})
+    early = tmp_path / "early"  # a run that failed before its first epoch left only its config
+    early.mkdir()
+    TrainConfig().save(str(early / "config.json"))
+    assert train(**{**settings, "output_dir": str(early)}).initial_epoch == 0

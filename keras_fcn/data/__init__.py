@@ -6,7 +6,7 @@ Sources yield `(image uint8 (H, W, 3), mask uint8 (H, W))` with 255 meaning "ign
 """
 
 from keras_fcn.data.files import IGNORE_LABEL, DataError, check_mask, read_image, read_mask
-from keras_fcn.data.pipeline import MEAN_RGB, augment, make_dataset
+from keras_fcn.data.pipeline import MEAN_RGB, augment, data_errors, make_dataset
 from keras_fcn.data.sources import VOC_CLASSES, FileSource, IndexedSource, Source, folder, sbd, voc
 from keras_fcn.data.spec import from_spec
 from keras_fcn.data.synthetic import SyntheticShapes, synthetic
@@ -25,6 +25,7 @@ __all__ = [
     "TFDSSource",
     "augment",
     "check_mask",
+    "data_errors",
     "folder",
     "from_spec",
     "make_dataset",

@@ -2,21 +2,27 @@
 
 Augmentation moves image and mask together (the same scale, crop offsets and flip for both):
 random scale in `scale_range` (bilinear for the image, nearest for the mask), padding up to the crop size
-with the mean pixel (zero after the model's mean subtraction) and label 255, a random crop, a random
+with the mean pixel of the model's preprocessing (`keras_fcn.layers.CAFFE_BGR_MEAN`, Keras's "caffe" mean,
+in RGB order: exactly zero after the model subtracts it) and label 255, a random crop, a random
 horizontal flip. Random numbers come from stateless ops seeded per element from `tf.data.Dataset.random`,
 so a pipeline built with a seed yields the same batches every time, and different ones every epoch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import re
+from collections.abc import Iterator
+
 import tensorflow as tf
 
-from keras_fcn.data.files import IGNORE_LABEL
-from keras_fcn.data.sources import Source
+from keras_fcn.data.files import IGNORE_LABEL, DataError
+from keras_fcn.data.sources import IndexedSource, Source
+from keras_fcn.layers import CAFFE_BGR_MEAN
 
-# The reference's mean pixel (BGR 104.00699, 116.66877, 122.67892) in RGB order: padding with it gives
-# zeros after the model's own mean subtraction.
-MEAN_RGB = (122.67892, 116.66877, 104.00699)
+# The mean pixel `CaffePreprocessing` subtracts (Keras's VGG16 "caffe" mean, BGR 103.939, 116.779, 123.68),
+# in RGB order: padding with it gives exactly zero after the model's own mean subtraction.
+MEAN_RGB = tuple(reversed(CAFFE_BGR_MEAN))
 # Cache decoded examples in memory when they take less than this ("cache where it fits").
 CACHE_LIMIT_BYTES = 2 * 1024**3
 
@@ -107,7 +113,8 @@ def make_dataset(
         cache: True (memory), a file path, False, or "auto": memory when the decoded data fits in
             `CACHE_LIMIT_BYTES`.
         seed: makes shuffling and augmentation deterministic; None draws a fresh seed.
-        shuffle_buffer: shuffle buffer size when shuffling after the cache.
+        shuffle_buffer: shuffle buffer size (decoded examples held in memory) when shuffling after the
+            cache, or a source that cannot shuffle by index (TFDS).
 
     Returns:
         A `tf.data.Dataset`, prefetched.
@@ -139,6 +146,10 @@ def make_dataset(
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     else:
         dataset = source.dataset(shuffle=shuffle, seed=seed)
+        if shuffle and not isinstance(source, IndexedSource):
+            # An indexed source shuffles all its indices; others (TFDS) shuffle at most the order of
+            # their files, so the examples within a file would always come in the same order.
+            dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
 
@@ -184,3 +195,27 @@ def _pad_ragged_batch(images: tf.RaggedTensor, masks: tf.RaggedTensor):
     images = images.to_tensor(default_value=tf.constant(MEAN_RGB, tf.float32))
     masks = masks.to_tensor(default_value=tf.constant(IGNORE_LABEL, tf.uint8))
     return images, masks
+
+
+def data_error_from(error: tf.errors.OpError) -> DataError | None:
+    """The `DataError` raised inside a tf.data function, recovered from TensorFlow's wrapped message."""
+    match = re.search(r"DataError: (.*)", error.message or "")
+    return DataError(match.group(1).strip()) if match else None
+
+
+@contextlib.contextmanager
+def data_errors() -> Iterator[None]:
+    """Turns a `DataError` raised inside a tf.data function (which TensorFlow wraps in an `OpError`) back
+    into a `DataError` naming the file; other errors pass unchanged.
+
+    Example:
+    >>> with data_errors():  # doctest: +SKIP
+    ...     model.fit(make_dataset(source), epochs=1)
+    """
+    try:
+        yield
+    except tf.errors.OpError as error:
+        data_error = data_error_from(error)
+        if data_error is None:
+            raise
+        raise data_error from None

@@ -79,9 +79,6 @@ class IndexedSource(Source):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def describe(self, index: int) -> str:
-        return f"{self.name}[{index}]"
-
     def dataset(self, shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
         indices = tf.data.Dataset.range(len(self))
         if shuffle:
@@ -139,9 +136,6 @@ class FileSource(IndexedSource):
 
     def __len__(self) -> int:
         return len(self.pairs)
-
-    def describe(self, index: int) -> str:
-        return self.pairs[index][1]
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]
