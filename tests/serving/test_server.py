@@ -241,6 +241,32 @@ def test_batching_merges_concurrent_requests_and_keeps_errors_apart(tmp_path, ba
         assert s.scheduler.examples_run > s.scheduler.batches_run  # requests did share model calls
 
 
+def test_stopping_the_scheduler_fails_queued_requests_with_unavailable():
+    from keras_fcn.serving.batching import BatchScheduler
+
+    calls = []
+    # A batch that only a full queue or a minute's wait would start: the request stays queued.
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=60_000_000))
+    errors = []
+
+    def ask():
+        try:
+            scheduler.run(lambda **inputs: calls.append(inputs), {"images": np.zeros((1, 4, 4, 3), np.uint8)})
+        except ServingError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    wait_until(lambda: scheduler._queue, 30, "the request to be queued")
+    scheduler.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not calls
+    assert [error.code for error in errors] == [grpc.StatusCode.UNAVAILABLE]
+    with pytest.raises(ServingError) as caught:  # after the stop, nothing is queued any more
+        scheduler.run(lambda **inputs: None, {"images": np.zeros((1, 4, 4, 3), np.uint8)})
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
+
+
 # --- client, CLI, round trip ---------------------------------------------------------------------
 
 
