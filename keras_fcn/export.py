@@ -9,8 +9,9 @@
 - `assets.extra/class_names.txt` (one name a line) and `assets.extra/tf_serving_warmup_requests`
   (a TFRecord of `PredictionLog`, replayed by TF Serving before it marks the version AVAILABLE).
 
-The version folder is written under a hidden temporary name, reloaded and compared with the Keras
-model, then renamed into place, so a server polling the base path never sees half a model.
+The version folder is written under the hidden name `.export-<N>` (made with `os.mkdir`, which
+also reserves N against concurrent exports), reloaded and compared with the Keras model, then
+renamed into place, so a server polling the base path never sees half a model.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
@@ -32,6 +32,9 @@ WARMUP_FILE = "tf_serving_warmup_requests"
 # Decoded pixels allowed in one `serve_encoded` request (all images together): a 20 kB PNG can
 # claim 50000x50000 pixels, so sizes are read from the headers and checked before decoding.
 DEFAULT_MAX_DECODED_PIXELS = 1 << 25  # 33.5 M pixels, e.g. 8 images of 2048x2048
+# Largest |probability difference| the reload-and-compare check accepts (float32, 16-bit models).
+DEFAULT_TOLERANCE = 1e-4
+LOW_PRECISION_TOLERANCE = 5e-2
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -170,6 +173,7 @@ def export_saved_model(
     *,
     max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
     probe_size: tuple[int, int] = (64, 64),
+    tolerance: float | None = None,
     verbose: bool = True,
 ) -> ExportResult:
     """Writes `model` as SavedModel version `base_path/<version>` with TF Serving signatures.
@@ -182,13 +186,18 @@ def export_saved_model(
         max_decoded_pixels: the most pixels `serve_encoded` decodes in one request.
         probe_size: (height, width) of the random probe image used for the warm-up requests and
             the reload-and-compare check.
+        tolerance: the largest |probability difference| between the reloaded SavedModel and the
+            model that the check accepts; above it nothing is exported. None: 1e-4, or 5e-2 for a
+            model computing in float16/bfloat16 (graph and eager round 8-bit mantissas differently).
         verbose: print the path and the largest difference found by the check.
 
     Returns:
         An `ExportResult` (path, version, largest probability difference, class agreement).
 
     Raises:
-        ValueError: on a bad version, class name count or pixel limit, or when the version exists.
+        ValueError: on a bad version, class name count, pixel limit or tolerance, when the version
+            exists or another export is writing it, or when the reloaded SavedModel differs from
+            the model by more than `tolerance` (the base path is then left as it was).
 
     Example:
     >>> result = export_saved_model(model, "models/fcn")  # doctest: +SKIP
@@ -211,23 +220,27 @@ def export_saved_model(
         )
     if max_decoded_pixels < 1:
         raise ValueError(f"max_decoded_pixels must be positive. Received: max_decoded_pixels={max_decoded_pixels}")
+    if tolerance is None:
+        low_precision = any(getattr(layer, "compute_dtype", None) in ("float16", "bfloat16") for layer in model.layers)
+        tolerance = LOW_PRECISION_TOLERANCE if low_precision else DEFAULT_TOLERANCE
+    if not tolerance >= 0:
+        raise ValueError(f"tolerance must be a non-negative number. Received: tolerance={tolerance}")
 
+    made_base_path = not os.path.isdir(base_path)
     os.makedirs(base_path, exist_ok=True)
-    if version is None:
-        version = (list_versions(base_path) or [0])[-1] + 1
-    final_path = os.path.join(base_path, str(version))
-    if os.path.exists(final_path):
-        raise ValueError(f"version {version} already exists in {base_path}. Received: version={version}")
-
-    functions = build_serving_functions(model, max_decoded_pixels)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    for name, function in functions.items():
-        archive.add_endpoint(name, function)
-
-    # A hidden, non-numeric sibling: same file system (so the rename is atomic), ignored by servers.
-    tmp_path = tempfile.mkdtemp(prefix=f".export-{version}-", dir=base_path)
     try:
+        version, tmp_path = _reserve_version(base_path, version)
+    except BaseException:
+        _remove_if_empty(base_path, made_base_path)
+        raise
+    final_path = os.path.join(base_path, str(version))
+
+    try:
+        functions = build_serving_functions(model, max_decoded_pixels)
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        for name, function in functions.items():
+            archive.add_endpoint(name, function)
         archive.write_out(tmp_path, verbose=False)
         height, width = probe_size
         if height * width > max_decoded_pixels:  # the probe must pass serve_encoded's own limit
@@ -241,10 +254,23 @@ def export_saved_model(
             f.write("".join(name + "\n" for name in class_names))
         write_warmup_requests(os.path.join(extra, WARMUP_FILE), probe, probe_png)
         difference, agreement = _compare_with_model(tmp_path, model, probe, probe_png)
-        os.chmod(tmp_path, 0o755)  # mkdtemp makes it private; servers may run as another user
+        if not difference <= tolerance:  # NaN fails too
+            raise ValueError(
+                f"the reloaded SavedModel differs from the model by {difference:.3g} in probability "
+                f"(more than tolerance={tolerance}); version {version} was not exported. "
+                f"Received: tolerance={tolerance}"
+            )
+        os.chmod(tmp_path, 0o755)  # servers may run as another user
+        # Only exporters holding the reservation write this version; this catches anyone else
+        # (a rename onto an empty folder would silently replace it).
+        if version in list_versions(base_path):
+            raise ValueError(
+                f"version {version} appeared in {base_path} during the export. Received: version={version}"
+            )
         os.rename(tmp_path, final_path)
     except BaseException:
         shutil.rmtree(tmp_path, ignore_errors=True)
+        _remove_if_empty(base_path, made_base_path)
         raise
     result = ExportResult(final_path, version, difference, agreement)
     if verbose:
@@ -254,6 +280,55 @@ def export_saved_model(
             f"class ids agree on {100 * agreement:.2f}% of pixels"
         )
     return result
+
+
+def _reserve_version(base_path: str, version: int | None) -> tuple[int, str]:
+    """Reserves a version by making its hidden work folder `base_path/.export-<version>`.
+
+    `os.mkdir` fails when the folder exists, so two concurrent exports never write the same
+    version: without a `version`, the next free number is taken; with one, ValueError. The work
+    folder is non-numeric (servers ignore it) and on the base path's file system (the final
+    rename is atomic). Returns (version, work folder).
+    """
+    explicit = version is not None
+    if version is None:
+        version = (list_versions(base_path) or [0])[-1] + 1
+    while True:
+        if version in list_versions(base_path):
+            if explicit:
+                raise ValueError(f"version {version} already exists in {base_path}. Received: version={version}")
+            version += 1
+            continue
+        work = os.path.join(base_path, f".export-{version}")
+        try:
+            os.mkdir(work)
+        except FileExistsError:
+            if explicit:
+                raise ValueError(
+                    f"version {version} is being exported to {base_path} by another export (or {work} was "
+                    f"left by one that was killed). Received: version={version}"
+                ) from None
+            version += 1
+            continue
+        if version in list_versions(base_path):  # finished by another export since the check above
+            os.rmdir(work)
+            continue
+        return version, work
+
+
+def _remove_if_empty(path: str, made: bool) -> None:
+    if made:
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
+
+
+def softmax(logits) -> np.ndarray:
+    """Softmax over the last axis in float64: the reference exported probabilities are checked against."""
+    logits = np.asarray(logits, np.float64)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
 
 
 def write_warmup_requests(path: str, probe: np.ndarray, probe_png: bytes) -> None:
@@ -277,9 +352,7 @@ def _compare_with_model(path: str, model, probe: np.ndarray, probe_png: bytes) -
     """Reloads the SavedModel at `path`; compares both signatures with a numpy softmax of the model."""
     import tensorflow as tf
 
-    logits = np.asarray(model(probe.astype(np.float32), training=False), np.float64)
-    expected = np.exp(logits - logits.max(-1, keepdims=True))
-    expected /= expected.sum(-1, keepdims=True)
+    expected = softmax(model(probe.astype(np.float32), training=False))
     loaded = tf.saved_model.load(path)
     answers = [
         loaded.signatures[SERVING_DEFAULT](images=tf.constant(probe)),

@@ -6,6 +6,8 @@ up to `batch_timeout_micros` for the batch to fill to `max_batch_size`. The batc
 next `allowed_batch_sizes` entry by repeating its first example, run once, and split again.
 If a batched call fails, the batch is halved and rerun until the failing request stands alone, so
 each error reaches its own sender and the other requests still get their answers.
+Stopping the scheduler fails the requests still queued with UNAVAILABLE, as a shutting-down
+TF Serving answers, so no sender waits forever.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import numpy as np
 
 from .config import BatchingParameters
 from .core import ServingError, run_signature
+
+SHUTTING_DOWN = "Server is shutting down; the request was not run"
 
 
 class _Task:
@@ -60,6 +64,8 @@ class BatchScheduler:
         if not batchable or task.size == 0 or task.size > self.parameters.max_batch_size:
             return run_signature(function, inputs)  # cannot share a batch: run it on its own
         with self._condition:
+            if self._stopped:
+                raise ServingError(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
             pending_batches = math.ceil((self._queued_examples + task.size) / self.parameters.max_batch_size)
             if pending_batches > self.parameters.max_enqueued_batches:
                 raise ServingError(
@@ -75,9 +81,16 @@ class BatchScheduler:
         return task.outputs
 
     def stop(self) -> None:
+        """Stops the batch threads; queued requests fail with UNAVAILABLE instead of waiting forever."""
         with self._condition:
             self._stopped = True
+            stranded = list(self._queue)
+            self._queue.clear()
+            self._queued_examples = 0
             self._condition.notify_all()
+        for task in stranded:
+            task.error = ServingError(grpc.StatusCode.UNAVAILABLE, SHUTTING_DOWN)
+            task.done.set()
         for thread in self._threads:
             thread.join(timeout=5)
 

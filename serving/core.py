@@ -28,6 +28,7 @@ PREDICT_METHOD = "tensorflow/serving/predict"
 MAX_ERROR_CHARS = 1024  # TF Serving cuts longer messages
 MAX_WARMUP_RECORDS = 1000
 MAX_REQUEST_ELEMENTS = 1 << 30  # no 1 GiB request message holds more values
+MAX_NUM_LOAD_RETRIES = 5  # TF Serving's --max_num_load_retries default; here one retry per poll
 
 State = get_model_status_pb2.ModelVersionStatus.State
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -227,11 +228,14 @@ def run_signature(function, inputs: dict) -> dict:
 class ServedModel:
     """One model name: the versions its policy asks for, their states, and its version labels."""
 
-    def __init__(self, config):
+    def __init__(self, config, max_num_load_retries: int = MAX_NUM_LOAD_RETRIES):
         self.config = config
         self.name = config.name
+        self.max_num_load_retries = max_num_load_retries
         self._versions: dict[int, LoadedVersion] = {}
         self._states: dict[int, tuple[int, str]] = {}  # version -> (State, error message)
+        self._failures: dict[int, int] = {}  # version -> failed loads since its folder appeared
+        self._identities: dict[int, tuple] = {}  # loaded version -> its folder's (inode, mtime)
         self._lock = threading.Lock()
 
     def aspired(self, on_disk: list[int]) -> list[int]:
@@ -246,41 +250,88 @@ class ServedModel:
         return on_disk[-count:]
 
     def poll(self, warm_up) -> None:
-        """Loads aspired versions not yet loaded, then unloads the ones no longer aspired."""
-        aspired = self.aspired(list_versions(self.config.base_path))
+        """One pass over the base path, as TF Serving's version source and manager make it.
+
+        Aspired versions not loaded are loaded (a folder replaced under a loaded number too), a
+        failed one again on later polls up to `max_num_load_retries` times. Then versions gone
+        from disk are unloaded and forgotten (a number that comes back is a new version, so
+        deleting the latest rolls back to the one before), and loaded versions no longer aspired
+        are unloaded once an aspired one is AVAILABLE: the old latest serves until its
+        replacement is ready.
+        """
+        on_disk = list_versions(self.config.base_path)
+        for version in [v for v in self._failures if v not in on_disk]:
+            del self._failures[version]  # a folder that comes back is loaded afresh
+        aspired = self.aspired(on_disk)
         for version in aspired:
-            if version in self._states:
-                continue  # loaded, or failed once: a broken version is not retried (TF Serving retries a few times)
-            with self._lock:
-                self._states[version] = (State.LOADING, "")
-            path = os.path.join(self.config.base_path, str(version))
-            started = time.monotonic()
-            try:
-                loaded = LoadedVersion(self.name, version, path)
-                warmed = loaded.warm_up(warm_up)
-            except Exception as error:  # a broken version must not take the server down
-                log.error("Loading servable version {name: %s version: %d} failed: %s", self.name, version, error)
-                with self._lock:
-                    self._states[version] = (State.END, f"{type(error).__name__}: {error}")
+            if version in self._versions and not self._changed(version):
                 continue
-            with self._lock:
-                self._versions[version] = loaded
-                self._states[version] = (State.AVAILABLE, "")
-            log.info(
-                "Successfully loaded servable version {name: %s version: %d} in %.1f s (%d warm-up requests)",
-                self.name,
-                version,
-                time.monotonic() - started,
-                warmed,
-            )
+            if self._failures.get(version, 0) > self.max_num_load_retries:
+                continue
+            if not self._load(version, warm_up) and version in self._versions:
+                self._unload(version, "its folder was replaced by one that failed to load")
+        for version in [v for v in self._versions if v not in on_disk]:
+            self._unload(version, "its folder is gone")  # after loading, so a rollback has no gap
         if not any(v in self._versions for v in aspired):
             return  # availability first: old versions serve until an aspired one has loaded
         for version in [v for v in self._versions if v not in aspired]:
+            self._unload(version, "no longer aspired")
+
+    def _identity(self, version: int):
+        """What tells a folder replaced under the same number apart (between two polls): inode, mtime."""
+        try:
+            stat = os.stat(os.path.join(self.config.base_path, str(version)))
+        except OSError:
+            return None
+        return stat.st_ino, stat.st_mtime_ns
+
+    def _changed(self, version: int) -> bool:
+        return self._identities.get(version) != self._identity(version)
+
+    def _load(self, version: int, warm_up) -> bool:
+        """Loads (or replaces) `version`; True when it is AVAILABLE."""
+        with self._lock:
+            self._states[version] = (State.LOADING, "")
+        path = os.path.join(self.config.base_path, str(version))
+        identity = self._identity(version)
+        started = time.monotonic()
+        try:
+            loaded = LoadedVersion(self.name, version, path)
+            warmed = loaded.warm_up(warm_up)
+        except Exception as error:  # a broken version must not take the server down
+            failures = self._failures[version] = self._failures.get(version, 0) + 1
+            retries_left = max(self.max_num_load_retries + 1 - failures, 0)
+            log.error(
+                "Loading servable version {name: %s version: %d} failed (%d retries left): %s",
+                self.name,
+                version,
+                retries_left,
+                error,
+            )
             with self._lock:
-                # Requests in flight keep their reference; new ones no longer find this version.
-                self._versions.pop(version)
-                self._states[version] = (State.END, "")
-            log.info("Unloaded servable version {name: %s version: %d}", self.name, version)
+                self._states[version] = (State.END, f"{type(error).__name__}: {error}")
+            return False
+        self._failures.pop(version, None)
+        self._identities[version] = identity
+        with self._lock:
+            self._versions[version] = loaded
+            self._states[version] = (State.AVAILABLE, "")
+        log.info(
+            "Successfully loaded servable version {name: %s version: %d} in %.1f s (%d warm-up requests)",
+            self.name,
+            version,
+            time.monotonic() - started,
+            warmed,
+        )
+        return True
+
+    def _unload(self, version: int, why: str) -> None:
+        with self._lock:
+            # Requests in flight keep their reference; new ones no longer find this version.
+            self._versions.pop(version)
+            self._identities.pop(version, None)
+            self._states[version] = (State.END, "")
+        log.info("Unloaded servable version {name: %s version: %d}: %s", self.name, version, why)
 
     def resolve(self, version: int | None, label: str = "") -> LoadedVersion:
         """The version asked for (a number, a label, or the latest); NOT_FOUND when not loaded."""

@@ -28,6 +28,7 @@ _PATH = re.compile(
     r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
     r"(?::(?P<verb>predict|classify|regress)|/(?P<metadata>metadata))?/?$"
 )
+MAX_VERSION = (1 << 63) - 1  # versions are int64
 HTTP_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400,
@@ -199,12 +200,10 @@ def make_handler(service):
             match = _PATH.match(self.path.split("?")[0])
             if match is None:
                 raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {self.path}")
-            spec = {
-                "name": match["name"],
-                "version": int(match["version"]) if match["version"] else None,
-                "label": match["label"] or "",
-            }
-            return match, spec
+            version = int(match["version"]) if match["version"] else None
+            if version is not None and version > MAX_VERSION:
+                raise _bad(f"Failed to convert version: {match['version']} to numeric.")  # beyond int64
+            return match, {"name": match["name"], "version": version, "label": match["label"] or ""}
 
         def do_GET(self):  # noqa: N802 - http.server's name
             try:
@@ -217,6 +216,9 @@ def make_handler(service):
                     self._reply(200, status_json(service.status_for(**spec)))
             except ServingError as error:
                 self._reply(HTTP_CODES.get(error.code, 500), {"error": error.message})
+            except Exception as error:  # the server stays up and answers whatever the request held
+                log.exception("REST request failed")
+                self._reply(500, {"error": f"{type(error).__name__}: {error}"})
 
         def do_POST(self):  # noqa: N802
             try:

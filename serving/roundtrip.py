@@ -28,17 +28,16 @@ def roundtrip_check(model, images, workdir: str, model_name: str = "fcn", class_
         `class_agreement` (fraction of equal class ids, over the compact PNG class maps),
         `grpc_seconds` (one request's round trip) and `in_process_seconds` (the model call).
     """
-    from keras_fcn.export import export_saved_model
+    from keras_fcn.export import export_saved_model, softmax
 
     images = np.asarray(images, np.uint8)
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must be (N, H, W, 3) uint8. Received: images.shape={images.shape}")
     result = export_saved_model(model, os.path.join(workdir, model_name), class_names=class_names, verbose=False)
     started = time.perf_counter()
-    logits = np.asarray(model(images.astype(np.float32), training=False), np.float64)
+    logits = np.asarray(model(images.astype(np.float32), training=False))
     in_process_seconds = time.perf_counter() - started
-    expected = np.exp(logits - logits.max(-1, keepdims=True))
-    expected /= expected.sum(-1, keepdims=True)
+    expected = softmax(logits)
     with ModelServer(model_name, os.path.dirname(result.path), port=0, rest_port=None) as server:
         with FCNClient(server.grpc_address, model_name, version=result.version) as client:
             started = time.perf_counter()

@@ -18,6 +18,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 from testing import TINY, randomize_heads
 
 import keras_fcn
+from keras_fcn import export as export_module
 from keras_fcn.cli import main
 from keras_fcn.export import export_saved_model, list_versions, read_class_names
 
@@ -82,6 +83,60 @@ def test_next_version_and_explicit_version(tmp_path):
     with pytest.raises(ValueError, match="Received: version"):
         export_saved_model(model, base, version=-1, verbose=False)
     assert sorted(os.listdir(base)) == ["0007", "20", "8", "notes"]
+
+
+def test_concurrent_exports_take_distinct_versions(tmp_path, monkeypatch):
+    model = tiny_fcn(num_classes=3)
+    base = str(tmp_path / "m")
+    compare = export_module._compare_with_model
+    started, nested = [], []
+
+    def compare_while_another_export_runs(path, *args):
+        if not started:  # a second export starts while the first is still being written
+            started.append(path)
+            nested.append(export_saved_model(model, base, verbose=False))
+        return compare(path, *args)
+
+    monkeypatch.setattr(export_module, "_compare_with_model", compare_while_another_export_runs)
+    first = export_saved_model(model, base, verbose=False)
+    assert (first.version, nested[0].version) == (1, 2)
+    assert sorted(os.listdir(base)) == ["1", "2"]
+    monkeypatch.setattr(export_module, "_compare_with_model", compare)
+    os.makedirs(os.path.join(base, ".export-3"))  # an export of version 3 is under way
+    with pytest.raises(ValueError, match="version 3 is being exported"):
+        export_saved_model(model, base, version=3, verbose=False)
+    assert export_saved_model(model, base, verbose=False).version == 4
+
+
+def test_an_explicit_version_never_replaces_a_folder_that_appears_meanwhile(tmp_path, monkeypatch):
+    model = tiny_fcn(num_classes=3)
+    base = str(tmp_path / "m")
+    compare = export_module._compare_with_model
+
+    def compare_while_someone_makes_the_folder(path, *args):
+        os.makedirs(os.path.join(base, "5"))  # an empty folder: os.rename would silently replace it
+        return compare(path, *args)
+
+    monkeypatch.setattr(export_module, "_compare_with_model", compare_while_someone_makes_the_folder)
+    with pytest.raises(ValueError, match="version 5 appeared"):
+        export_saved_model(model, base, version=5, verbose=False)
+    assert sorted(os.listdir(base)) == ["5"] and not os.listdir(os.path.join(base, "5"))
+
+
+def test_an_export_that_does_not_match_the_model_is_refused(tmp_path, monkeypatch):
+    model = tiny_fcn(num_classes=3)
+    with pytest.raises(ValueError, match="Received: tolerance=-1"):
+        export_saved_model(model, str(tmp_path / "m"), tolerance=-1, verbose=False)
+    new_base, old_base = str(tmp_path / "new"), str(tmp_path / "old")
+    export_saved_model(model, old_base, verbose=False)
+    reference_softmax = export_module.softmax
+    # The reference drifts by about 1e-2: as if the SavedModel computed something else.
+    monkeypatch.setattr(export_module, "softmax", lambda logits: reference_softmax(np.asarray(logits) * 1.1))
+    for base in (new_base, old_base):
+        with pytest.raises(ValueError, match="differs from the model"):
+            export_saved_model(model, base, verbose=False)
+    assert not os.path.exists(new_base) and sorted(os.listdir(old_base)) == ["1"]
+    assert export_saved_model(model, new_base, tolerance=1.0, verbose=False).version == 1
 
 
 def test_serving_default_matches_numpy_softmax(exported):
@@ -191,3 +246,8 @@ def test_cli_export(tmp_path, capsys):
     assert main([*argv, str(tmp_path / "names.txt"), "--version", "1"]) == 2  # exists already
     assert main([*argv, str(tmp_path / "names.txt"), "--max-decoded-pixels", "0"]) == 2
     assert "Received: max_decoded_pixels=0" in capsys.readouterr().err
+    (tmp_path / "a_file").write_text("")
+    inside_a_file = ["export", "--model", str(tmp_path / "m.keras"), "--output", str(tmp_path / "a_file" / "b")]
+    assert main(inside_a_file) == 2  # an OSError from the file system is reported, not raised
+    assert "a_file" in capsys.readouterr().err
+    assert main([*argv, str(tmp_path / "no_names.txt")]) == 2

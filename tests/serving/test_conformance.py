@@ -378,8 +378,22 @@ def test_rest_default_signature_pixels(target):
         ("/v1/models/{name}:predict", {"signature_name": "nope", "instances": [[[[0, 0, 0]]]]}, 400),
         ("/v1/models/{name}:predict", {"instances": [{"pixels": [[[0, 0, 0]]]}]}, 400),
         ("/v1/models/{name}:predict", {"signature_name": "serve_encoded", "instances": [b64(b"junk")]}, 400),
+        ("/v1/models/{name}/versions/99999999999999999999:predict", {"instances": [[[[0, 0, 0]]]]}, 400),
+        ("/v1/models/{name}/versions/99999999999999999999", None, 400),
+        ("/v1/models/{name}/versions/99999999999999999999/metadata", None, 400),
+        ("/v1/models/{name}/versions/9223372036854775807", None, 404),
     ],
-    ids=["model", "version", "signature", "input-name", "corrupt-image"],
+    ids=[
+        "model",
+        "version",
+        "signature",
+        "input-name",
+        "corrupt-image",
+        "huge-version",
+        "huge-version-get",
+        "huge-version-metadata",
+        "int64-max-version-get",
+    ],
 )
 def test_rest_errors(target, path, body, code):
     status, reply = http(target, path.format(name=target.model_name), body)

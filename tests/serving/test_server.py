@@ -95,7 +95,7 @@ def test_long_error_messages_are_cut():
 # --- versions ------------------------------------------------------------------------------------
 
 
-def test_latest_policy_unloads_old_versions_and_ignores_broken_ones(tmp_path, base):
+def test_latest_policy_unloads_old_versions_and_retries_broken_ones(tmp_path, base):
     path, models = base
     local = str(tmp_path / "fcn")
     shutil.copytree(os.path.join(path, "1"), os.path.join(local, "1"))
@@ -103,9 +103,11 @@ def test_latest_policy_unloads_old_versions_and_ignores_broken_ones(tmp_path, ba
     with ModelServer("fcn", local, port=0, rest_port=None, poll_seconds=0.2) as server:
         client = FCNClient(server.grpc_address, "fcn")
         assert client.status() == {1: "AVAILABLE"}
-        os.makedirs(os.path.join(local, "2"))  # a broken version: no saved_model.pb
-        wait_until(lambda: client.status().get(2) == "END", 30, "the broken version to fail")
+        os.makedirs(os.path.join(local, "2"))  # copied slowly, without a rename: no saved_model.pb yet
+        wait_until(lambda: client.status().get(2) == "END", 30, "the incomplete version to fail")
         assert client.status()[1] == "AVAILABLE"  # the old version keeps serving
+        shutil.copytree(os.path.join(path, "1"), os.path.join(local, "2"), dirs_exist_ok=True)
+        wait_until(lambda: client.status() == {1: "END", 2: "AVAILABLE"}, 30, "version 2 on a retry")
         shutil.copytree(os.path.join(path, "1"), os.path.join(local, "3"))
         wait_until(lambda: client.status() == {1: "END", 2: "END", 3: "AVAILABLE"}, 30, "version 3")
         images = random_images(1, 24, 24)
@@ -113,7 +115,77 @@ def test_latest_policy_unloads_old_versions_and_ignores_broken_ones(tmp_path, ba
         with pytest.raises(grpc.RpcError) as caught:
             FCNClient(server.grpc_address, "fcn", version=1).predict(images)
         assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+        shutil.rmtree(os.path.join(local, "3"))  # a rollback: the version before serves again
+        wait_until(lambda: client.status() == {1: "END", 2: "AVAILABLE", 3: "END"}, 30, "the rollback to 2")
+        assert client.predict(images).model_version == 2
         client.close()
+
+
+def _served_model(base_path: str, **kwargs):
+    from keras_fcn.serving import core
+    from keras_fcn.serving.config import model_config
+
+    served = core.ServedModel(model_config("fcn", base_path), **kwargs)
+    return served, lambda: served.poll(core.predict)
+
+
+def _states(served) -> dict:
+    from keras_fcn.serving.core import State
+
+    return {version: State.Name(state) for version, (state, _) in served.states().items()}
+
+
+def _probabilities(served, images) -> np.ndarray:
+    from keras_fcn.serving.core import run_signature
+
+    _, _, function = served.resolve(None).signature("")
+    return run_signature(function, {"images": images})["probabilities"]
+
+
+def test_failed_loads_are_retried_a_bounded_number_of_times(tmp_path, base):
+    path, _ = base
+    local = str(tmp_path / "fcn")
+    served, poll = _served_model(local, max_num_load_retries=2)
+    os.makedirs(os.path.join(local, "1"))
+    for _ in range(3):  # the first load and two retries
+        poll()
+        assert _states(served) == {1: "END"} and "saved_model.pb" in served.states()[1][1]
+    shutil.copytree(os.path.join(path, "1"), os.path.join(local, "1"), dirs_exist_ok=True)
+    poll()
+    assert _states(served) == {1: "END"}  # no retries left
+    shutil.rmtree(os.path.join(local, "1"))
+    poll()
+    shutil.copytree(os.path.join(path, "1"), os.path.join(local, "1"))  # back again: a new version
+    poll()
+    assert _states(served) == {1: "AVAILABLE"}
+
+
+def test_rollback_and_reexport_of_a_deleted_version(tmp_path, base):
+    path, models = base
+    local = str(tmp_path / "fcn")
+    for version in (1, 2):
+        shutil.copytree(os.path.join(path, "1"), os.path.join(local, str(version)))
+    served, poll = _served_model(local)
+    poll()
+    assert _states(served) == {2: "AVAILABLE"}  # the latest policy loads only version 2
+    shutil.rmtree(os.path.join(local, "2"))
+    poll()
+    assert _states(served) == {1: "AVAILABLE", 2: "END"} and served.resolve(None).version == 1
+    shutil.rmtree(os.path.join(local, "1"))
+    poll()
+    assert _states(served) == {1: "END", 2: "END"}  # nothing left on disk: nothing served
+    images = random_images(1, 24, 24, seed=7)
+    other = build_test_model(num_classes=6, seed=8, variant="fcn32s")
+    export_saved_model(other, local, version=2, verbose=False)
+    poll()
+    assert _states(served) == {1: "END", 2: "AVAILABLE"}
+    np.testing.assert_allclose(_probabilities(served, images), reference(other, images), atol=1e-5)
+    # Deleted and exported again between two polls: the new folder replaces the model in memory.
+    shutil.rmtree(os.path.join(local, "2"))
+    export_saved_model(models[1], local, version=2, verbose=False)
+    poll()
+    assert _states(served) == {1: "END", 2: "AVAILABLE"}
+    np.testing.assert_allclose(_probabilities(served, images), reference(models[1], images), atol=1e-5)
 
 
 def test_model_config_file_with_labels(tmp_path, base):
@@ -167,6 +239,32 @@ def test_batching_merges_concurrent_requests_and_keeps_errors_apart(tmp_path, ba
             np.testing.assert_allclose(results[index].probabilities, reference(models[1], sent[index]), atol=1e-5)
         assert results[9].code() == grpc.StatusCode.INVALID_ARGUMENT
         assert s.scheduler.examples_run > s.scheduler.batches_run  # requests did share model calls
+
+
+def test_stopping_the_scheduler_fails_queued_requests_with_unavailable():
+    from keras_fcn.serving.batching import BatchScheduler
+
+    calls = []
+    # A batch that only a full queue or a minute's wait would start: the request stays queued.
+    scheduler = BatchScheduler(BatchingParameters(max_batch_size=8, batch_timeout_micros=60_000_000))
+    errors = []
+
+    def ask():
+        try:
+            scheduler.run(lambda **inputs: calls.append(inputs), {"images": np.zeros((1, 4, 4, 3), np.uint8)})
+        except ServingError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    wait_until(lambda: scheduler._queue, 30, "the request to be queued")
+    scheduler.stop()
+    thread.join(timeout=30)
+    assert not thread.is_alive() and not calls
+    assert [error.code for error in errors] == [grpc.StatusCode.UNAVAILABLE]
+    with pytest.raises(ServingError) as caught:  # after the stop, nothing is queued any more
+        scheduler.run(lambda **inputs: None, {"images": np.zeros((1, 4, 4, 3), np.uint8)})
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE
 
 
 # --- client, CLI, round trip ---------------------------------------------------------------------
