@@ -56,18 +56,28 @@ class ExportResult:
     class_agreement: float
 
 
-def list_versions(base_path: str) -> list[int]:
-    """Numeric version folders under `base_path`, as TF Serving reads them (`007` is 7), sorted.
+def version_folders(base_path: str) -> dict[int, str]:
+    """Numeric version folders under `base_path` by version, as TF Serving reads them (`007` is 7).
 
-    Non-numeric entries (such as export temporaries) are ignored; a missing folder has no versions.
+    Non-numeric entries (such as export temporaries) are ignored; a missing folder has no versions. Of
+    two folders naming the same number (`7` and `007`), the first in sorted order is taken.
+
+    Returns:
+        `{version: folder path}`, in increasing version order.
     """
     if not os.path.isdir(base_path):
-        return []
-    return sorted(
-        int(entry)
-        for entry in os.listdir(base_path)
-        if entry.isdigit() and os.path.isdir(os.path.join(base_path, entry))
-    )
+        return {}
+    folders: dict[int, str] = {}
+    for entry in sorted(os.listdir(base_path)):
+        path = os.path.join(base_path, entry)
+        if entry.isdigit() and os.path.isdir(path):
+            folders.setdefault(int(entry), path)
+    return dict(sorted(folders.items()))
+
+
+def list_versions(base_path: str) -> list[int]:
+    """The version numbers of `version_folders(base_path)`, sorted."""
+    return list(version_folders(base_path))
 
 
 def read_class_names(version_path: str) -> list[str] | None:

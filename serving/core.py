@@ -19,7 +19,7 @@ from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, prediction_log_pb2
 
-from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, list_versions
+from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, list_versions, version_folders
 
 log = logging.getLogger("keras_fcn.serving")
 
@@ -280,10 +280,14 @@ class ServedModel:
     def _identity(self, version: int):
         """What tells a folder replaced under the same number apart (between two polls): inode, mtime."""
         try:
-            stat = os.stat(os.path.join(self.config.base_path, str(version)))
+            stat = os.stat(self._folder(version))
         except OSError:
             return None
         return stat.st_ino, stat.st_mtime_ns
+
+    def _folder(self, version: int) -> str:
+        """The folder of `version` (its name may carry leading zeros, `0007` for 7)."""
+        return version_folders(self.config.base_path).get(version, os.path.join(self.config.base_path, str(version)))
 
     def _changed(self, version: int) -> bool:
         return self._identities.get(version) != self._identity(version)
@@ -292,7 +296,7 @@ class ServedModel:
         """Loads (or replaces) `version`; True when it is AVAILABLE."""
         with self._lock:
             self._states[version] = (State.LOADING, "")
-        path = os.path.join(self.config.base_path, str(version))
+        path = self._folder(version)
         identity = self._identity(version)
         started = time.monotonic()
         try:

@@ -121,6 +121,18 @@ def test_latest_policy_unloads_old_versions_and_retries_broken_ones(tmp_path, ba
         client.close()
 
 
+def test_zero_padded_version_folders_are_served(tmp_path, base):
+    path, models = base
+    local = str(tmp_path / "fcn")
+    shutil.copytree(os.path.join(path, "1"), os.path.join(local, "0007"))  # TF Serving reads it as 7
+    with ModelServer("fcn", local, port=0, rest_port=None) as server, FCNClient(server.grpc_address, "fcn") as client:
+        assert client.status() == {7: "AVAILABLE"}
+        images = random_images(1, 24, 24, seed=2)
+        answer = client.predict(images, probabilities=True)
+        assert answer.model_version == 7
+        np.testing.assert_allclose(answer.probabilities, reference(models[1], images), atol=1e-5)
+
+
 def _served_model(base_path: str, **kwargs):
     from keras_fcn.serving import core
     from keras_fcn.serving.config import model_config
