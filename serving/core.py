@@ -19,7 +19,7 @@ from tensorflow.core.framework import tensor_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2, predict_pb2, prediction_log_pb2
 
-from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, list_versions, version_folders
+from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, version_folders
 
 log = logging.getLogger("keras_fcn.serving")
 
@@ -236,6 +236,7 @@ class ServedModel:
         self._states: dict[int, tuple[int, str]] = {}  # version -> (State, error message)
         self._failures: dict[int, int] = {}  # version -> failed loads since its folder appeared
         self._identities: dict[int, tuple] = {}  # loaded version -> its folder's (inode, mtime)
+        self._folders: dict[int, str] = {}  # version -> its folder, as the last poll listed them
         self._lock = threading.Lock()
 
     def aspired(self, on_disk: list[int]) -> list[int]:
@@ -259,7 +260,8 @@ class ServedModel:
         are unloaded once an aspired one is AVAILABLE: the old latest serves until its
         replacement is ready.
         """
-        on_disk = list_versions(self.config.base_path)
+        self._folders = version_folders(self.config.base_path)  # one listing a poll
+        on_disk = list(self._folders)
         for version in [v for v in self._failures if v not in on_disk]:
             del self._failures[version]  # a folder that comes back is loaded afresh
         aspired = self.aspired(on_disk)
@@ -287,7 +289,7 @@ class ServedModel:
 
     def _folder(self, version: int) -> str:
         """The folder of `version` (its name may carry leading zeros, `0007` for 7)."""
-        return version_folders(self.config.base_path).get(version, os.path.join(self.config.base_path, str(version)))
+        return self._folders.get(version, os.path.join(self.config.base_path, str(version)))
 
     def _changed(self, version: int) -> bool:
         return self._identities.get(version) != self._identity(version)
