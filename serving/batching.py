@@ -21,7 +21,8 @@ import grpc
 import numpy as np
 
 from .config import BatchingParameters
-from .core import ServingError, run_signature
+from .errors import ServingError
+from .predict import run_signature
 
 SHUTTING_DOWN = "Server is shutting down; the request was not run"
 
@@ -38,7 +39,7 @@ class _Task:
 
 
 class BatchScheduler:
-    """Runs signature calls in batches; `scheduler.run` has the signature of `core.run_signature`."""
+    """Runs signature calls in batches; `scheduler.run` has the signature of `predict.run_signature`."""
 
     def __init__(self, parameters: BatchingParameters):
         self.parameters = parameters

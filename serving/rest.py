@@ -21,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
-from .core import ServingError, State, log
+from .errors import ServingError, log
+from .versions import State
 
 _PATH = re.compile(
     r"^/v1/models/(?P<name>[^/:]+)"

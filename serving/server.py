@@ -25,7 +25,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.apis import model_pb2 as _model_pb2
 
-from . import core
+from . import predict as predict_lib
 from .batching import BatchScheduler
 from .config import (
     BatchingParameters,
@@ -34,8 +34,10 @@ from .config import (
     read_model_config_file,
     validate_model_configs,
 )
-from .core import ServingError, log
+from .errors import MAX_ERROR_CHARS, ServingError, log
+from .manager import ModelManager
 from .rest import RestServer, make_handler
+from .versions import DEFAULT_SIGNATURE, LoadedVersion
 
 MAX_MESSAGE_BYTES = 1 << 30  # gRPC message limit both ways: 1 GiB, as TF Serving sets it
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -45,21 +47,21 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 class ServingService:
     """The requests both front ends answer, on a `ModelManager` (and a batch scheduler if enabled)."""
 
-    def __init__(self, manager: core.ModelManager, scheduler: BatchScheduler | None = None):
+    def __init__(self, manager: ModelManager, scheduler: BatchScheduler | None = None):
         self.manager = manager
         self.scheduler = scheduler
 
     def run(self, function, inputs: dict) -> dict:
-        return self.scheduler.run(function, inputs) if self.scheduler else core.run_signature(function, inputs)
+        return self.scheduler.run(function, inputs) if self.scheduler else predict_lib.run_signature(function, inputs)
 
-    def resolve(self, name: str, version: int | None = None, label: str = "") -> core.LoadedVersion:
+    def resolve(self, name: str, version: int | None = None, label: str = "") -> LoadedVersion:
         return self.manager.model(name, version).resolve(version, label)
 
     def predict(self, request):
-        return core.predict(self.manager.resolve(request.model_spec), request, self.run)
+        return predict_lib.predict(self.manager.resolve(request.model_spec), request, self.run)
 
-    def predict_arrays(self, version: core.LoadedVersion, signature_name: str, inputs: dict, output_filter=()):
-        return core.predict_arrays(version, signature_name, inputs, output_filter, self.run)
+    def predict_arrays(self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=()):
+        return predict_lib.predict_arrays(version, signature_name, inputs, output_filter, self.run)
 
     def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
         """`GetModelMetadata`: only the `signature_def` field exists, as in TF Serving."""
@@ -78,7 +80,7 @@ class ServingService:
         return self._metadata(self.resolve(name, version, label))
 
     @staticmethod
-    def _metadata(version: core.LoadedVersion) -> get_model_metadata_pb2.GetModelMetadataResponse:
+    def _metadata(version: LoadedVersion) -> get_model_metadata_pb2.GetModelMetadataResponse:
         signatures = get_model_metadata_pb2.SignatureDefMap()
         for name, signature_def in version.signature_defs.items():
             signatures.signature_def[name].CopyFrom(signature_def)
@@ -102,7 +104,7 @@ class ServingService:
     def classify_or_regress(self, verb: str, spec: dict, signature_name: str) -> None:
         """Classify/Regress: TF Serving's answers for a model whose signatures are predict-style."""
         version = self.resolve(**spec)
-        name = signature_name or core.DEFAULT_SIGNATURE
+        name = signature_name or DEFAULT_SIGNATURE
         if name not in version.signature_defs:
             raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"No signature was found with the name: {name}")
         method = CLASSIFY_METHOD if verb == "classify" else REGRESS_METHOD
@@ -137,7 +139,7 @@ def _answer(context, handler, request):
         context.abort(error.code, error.message)
     except Exception as error:
         log.exception("gRPC request failed")
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"[: core.MAX_ERROR_CHARS])
+        context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"[: MAX_ERROR_CHARS])
 
 
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
@@ -245,10 +247,10 @@ class ModelServer:
         """Loads the versions present, then opens the gRPC and REST ports and starts polling."""
         self.scheduler = BatchScheduler(self.batching_parameters) if self.batching_parameters else None
         service = ServingService(None, self.scheduler)
-        self._manager = core.ModelManager(
+        self._manager = ModelManager(
             self._configs,
             self._poll_seconds,
-            run_warm_up=lambda version, request: core.predict(version, request),
+            run_warm_up=lambda version, request: predict_lib.predict(version, request),
         )
         service.manager = self._manager
         self._manager.start()

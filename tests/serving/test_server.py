@@ -21,7 +21,8 @@ from keras_fcn.cli import main
 from keras_fcn.export import export_saved_model
 from keras_fcn.serving import FCNClient, ModelServer, roundtrip_check
 from keras_fcn.serving.config import BatchingParameters, parse_batching_parameters, read_model_config_file
-from keras_fcn.serving.core import MAX_ERROR_CHARS, ServingError, to_tensor_proto
+from keras_fcn.serving.errors import MAX_ERROR_CHARS, ServingError
+from keras_fcn.serving.tensors import to_tensor_proto
 from keras_fcn.visualize import class_map_png, voc_palette
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -134,21 +135,22 @@ def test_zero_padded_version_folders_are_served(tmp_path, base):
 
 
 def _served_model(base_path: str, **kwargs):
-    from keras_fcn.serving import core
     from keras_fcn.serving.config import model_config
+    from keras_fcn.serving.predict import predict
+    from keras_fcn.serving.versions import ServedModel
 
-    served = core.ServedModel(model_config("fcn", base_path), **kwargs)
-    return served, lambda: served.poll(core.predict)
+    served = ServedModel(model_config("fcn", base_path), **kwargs)
+    return served, lambda: served.poll(predict)
 
 
 def _states(served) -> dict:
-    from keras_fcn.serving.core import State
+    from keras_fcn.serving.versions import State
 
     return {version: State.Name(state) for version, (state, _) in served.states().items()}
 
 
 def _probabilities(served, images) -> np.ndarray:
-    from keras_fcn.serving.core import run_signature
+    from keras_fcn.serving.predict import run_signature
 
     _, _, function = served.resolve(None).signature("")
     return run_signature(function, {"images": images})["probabilities"]

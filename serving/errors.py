@@ -1,0 +1,33 @@
+"""Request errors with their gRPC status code, and TensorFlow messages cleaned for clients."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+log = logging.getLogger("keras_fcn.serving")
+
+MAX_ERROR_CHARS = 1024  # TF Serving cuts longer messages
+
+
+class ServingError(Exception):
+    """A request error with its gRPC status code (also mapped to an HTTP code by the REST API)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str):
+        if len(message) > MAX_ERROR_CHARS:
+            message = message[:MAX_ERROR_CHARS] + "...TRUNCATED"
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def clean_tf_message(message: str) -> str:
+    """The useful lines of a TensorFlow runtime error (without node names and stack headers)."""
+    lines = []
+    for line in message.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith(("Graph execution error", "Detected at node", "<stack traces", "[[")):
+            continue
+        lines.append(stripped.split(" [Op:")[0])
+    return "\n".join(lines) or message

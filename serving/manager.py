@@ -1,0 +1,97 @@
+"""All served models, and the poller that keeps their versions in step with their base paths."""
+
+from __future__ import annotations
+
+import threading
+
+import grpc
+from tensorflow_serving.apis import get_model_status_pb2
+
+from .errors import ServingError, log
+from .versions import LoadedVersion, ServedModel
+
+
+class ModelManager:
+    """All served models, polled together every `poll_seconds` on a background thread."""
+
+    def __init__(self, configs, poll_seconds: float = 1.0, run_warm_up=None):
+        self._models = {c.name: ServedModel(c) for c in configs}
+        self._poll_seconds = poll_seconds
+        self._run_warm_up = run_warm_up
+        self._stop = threading.Event()
+        self._poll_lock = threading.Lock()
+        self._thread = None
+
+    def poll(self) -> None:
+        with self._poll_lock:
+            for model in list(self._models.values()):
+                model.poll(self._run_warm_up)
+
+    def start(self) -> None:
+        self.poll()  # like TF Serving: versions present at start-up are loaded before serving
+        self._thread = threading.Thread(target=self._loop, name="version-poller", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._poll_seconds):
+            try:
+                self.poll()
+            except Exception:  # keep polling whatever one pass met
+                log.exception("Polling the model base paths failed")
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def reload(self, configs) -> None:
+        """Replaces the served model list (`HandleReloadConfigRequest`); kept models keep their versions."""
+        with self._poll_lock:
+            models = {}
+            for config in configs:
+                kept = self._models.get(config.name)
+                if kept is not None and kept.config.base_path == config.base_path:
+                    kept.config = config
+                    models[config.name] = kept
+                else:
+                    models[config.name] = ServedModel(config)
+            self._models = models
+        self.poll()
+
+    def model(self, name: str, version: int | None = None) -> ServedModel:
+        if not name:
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+        model = self._models.get(name)
+        if model is None:
+            request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
+        return model
+
+    def resolve(self, model_spec) -> LoadedVersion:
+        """The LoadedVersion a `ModelSpec` names (version, version_label or latest)."""
+        version = model_spec.version.value if model_spec.HasField("version") else None
+        label = model_spec.version_label if model_spec.WhichOneof("version_choice") == "version_label" else ""
+        return self.model(model_spec.name, version).resolve(version, label)
+
+    def status(self, model_spec) -> get_model_status_pb2.GetModelStatusResponse:
+        """`GetModelStatus`: every version this server has seen for the model, or the one asked for."""
+        version = model_spec.version.value if model_spec.HasField("version") else None
+        states = self.model(model_spec.name, version).states()
+        if version is not None:
+            if version not in states:
+                raise ServingError(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"Could not find version {version} of model {model_spec.name}",
+                )
+            states = {version: states[version]}
+        if not states:
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Could not find any versions of model {model_spec.name}")
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number in sorted(states, reverse=True):
+            state, error = states[number]
+            entry = response.model_version_status.add(version=number, state=state)
+            entry.status.SetInParent()  # TF Serving always sends a status (error_code OK)
+            if error:
+                entry.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+                entry.status.error_message = error
+        return response

@@ -1,0 +1,59 @@
+"""Predict: a request's tensors through one signature of one loaded version, as TF Serving runs it."""
+
+from __future__ import annotations
+
+import grpc
+import tensorflow as tf
+from tensorflow_serving.apis import predict_pb2
+
+from .errors import ServingError, clean_tf_message
+from .inputs import check_inputs, check_output_filter
+from .tensors import from_tensor_proto, to_tensor_proto
+from .versions import LoadedVersion
+
+PREDICT_METHOD = "tensorflow/serving/predict"
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def run_signature(function, inputs: dict) -> dict:
+    """Calls a signature function on numpy inputs; TF runtime errors keep their status code."""
+    try:
+        outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+    except tf.errors.OpError as error:
+        code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL)
+        raise ServingError(code, clean_tf_message(error.message)) from error
+    except (TypeError, ValueError) as error:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
+    return {alias: value.numpy() for alias, value in outputs.items()}
+
+
+def predict_arrays(version: LoadedVersion, signature_name: str, inputs: dict, output_filter=(), run=run_signature):
+    """TF Serving's Predict checks and call on numpy inputs; returns (signature name, outputs).
+
+    `run(function, inputs)` makes the call (the batching scheduler passes its own).
+    """
+    name, signature_def, function = version.signature(signature_name)
+    if signature_def.method_name != PREDICT_METHOD:
+        raise ServingError(
+            grpc.StatusCode.INTERNAL,
+            f"Expected prediction signature method_name to be {PREDICT_METHOD}. Was: {signature_def.method_name}",
+        )
+    check_inputs(signature_def, inputs)
+    aliases = check_output_filter(signature_def, output_filter)
+    outputs = run(function, inputs)
+    return name, {alias: outputs[alias] for alias in aliases}
+
+
+def predict(
+    version: LoadedVersion, request: predict_pb2.PredictRequest, run=run_signature
+) -> predict_pb2.PredictResponse:
+    """TF Serving's Predict on one loaded version, from request proto to response proto."""
+    inputs = {alias: from_tensor_proto(alias, proto) for alias, proto in request.inputs.items()}
+    name, outputs = predict_arrays(version, request.model_spec.signature_name, inputs, request.output_filter, run)
+    response = predict_pb2.PredictResponse()
+    response.model_spec.name = version.model_name
+    response.model_spec.version.value = version.version
+    response.model_spec.signature_name = name
+    for alias, value in outputs.items():
+        response.outputs[alias].CopyFrom(to_tensor_proto(value))
+    return response
