@@ -39,6 +39,7 @@ from keras_fcn.metrics import (  # noqa: E402
     MeanIU,
     PixelAccuracy,
     SegmentationLoss,
+    SegmentationScores,
     segmentation_metrics,
 )
 from keras_fcn.predict import predict_files, predict_masks  # noqa: E402
@@ -50,6 +51,7 @@ __all__ += [
     "MeanIU",
     "PixelAccuracy",
     "SegmentationLoss",
+    "SegmentationScores",
     "TrainConfig",
     "TrainResult",
     "data",

@@ -52,18 +52,36 @@ def test_numpy_scores_match_reference(seed):
     assert np.isnan(result["per_class_iu"][4]) and result["per_class_iu"][5] == 0.0
 
 
+SINGLE_METRICS = (metrics.PixelAccuracy, metrics.MeanAccuracy, metrics.MeanIU, metrics.FrequencyWeightedIU)
+
+
 @pytest.mark.parametrize("seed", [3, 4])
 def test_keras_metrics_stream_and_match_reference(seed):
     labels, logits = random_case(seed)
     _, expected = reference_scores(labels, logits.argmax(-1), 6)
-    names = {"pixel_accuracy": "pixel_accuracy", "mean_accuracy": "mean_accuracy", "mean_iu": "mean_iu",
-             "fw_iu": "fw_iu"}  # fmt: skip
-    for metric in metrics.segmentation_metrics(6):
+    for metric in [cls(6) for cls in SINGLE_METRICS]:
         for i in range(labels.shape[0]):  # streamed one image at a time, masks with a channel axis
             metric.update_state(labels[i : i + 1, ..., None], logits[i : i + 1])
-        np.testing.assert_allclose(float(metric.result()), expected[names[metric.name]], rtol=1e-6)
+        np.testing.assert_allclose(float(metric.result()), expected[metric.name], rtol=1e-6)
         metric.reset_state()
         assert float(metric.result()) == 0.0
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_segmentation_scores_stream_all_four_from_one_matrix(seed):
+    labels, logits = random_case(seed)
+    hist, expected = reference_scores(labels, logits.argmax(-1), 6)
+    (metric,) = metrics.segmentation_metrics(6)
+    assert len(metric.variables) == 1  # one confusion matrix for the four metrics
+    for i in range(labels.shape[0]):
+        metric.update_state(labels[i : i + 1], logits[i : i + 1])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(metric.variables[0]), hist)
+    result = metric.result()
+    assert sorted(result) == sorted(("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu"))
+    for key, value in result.items():
+        np.testing.assert_allclose(float(value), expected[key], rtol=1e-6)
+    metric.reset_state()
+    assert all(float(value) == 0.0 for value in metric.result().values())
 
 
 def test_metrics_in_compile_and_evaluate():
@@ -83,6 +101,8 @@ def test_metric_config_round_trip():
     assert clone.num_classes == 7 and clone.name == "mean_iu"
     with pytest.raises(ValueError, match="Received: num_classes=0"):
         metrics.MeanIU(num_classes=0)
+    scores = metrics.SegmentationScores.from_config(metrics.SegmentationScores(num_classes=5).get_config())
+    assert scores.num_classes == 5 and scores.name == "segmentation_scores"
 
 
 def numpy_loss(labels, logits, weights=None):
