@@ -1,14 +1,14 @@
 """TF Serving's configuration files: `--model_config_file` and `--batching_parameters_file`.
 
 Both are protobuf text format. `ModelServerConfig` ships with tensorflow-serving-api; the
-`BatchingParameters` message does not, so its few fields are read here by a small parser.
+`BatchingParameters` message does not, so its schema is declared here with TF Serving's field numbers.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import re
 
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 
@@ -56,7 +56,6 @@ class BatchingParameters:
     num_batch_threads: int = 4
     max_enqueued_batches: int = 10
     allowed_batch_sizes: list[int] = dataclasses.field(default_factory=list)
-    pad_variable_length_inputs: bool = False
 
     def __post_init__(self):
         sizes = self.allowed_batch_sizes
@@ -69,34 +68,69 @@ class BatchingParameters:
             raise ValueError(f"batching sizes and counts must be positive. Received: {self}")
 
 
-_FIELD = re.compile(r"(\w+)\s*(?::\s*([^\s{}]+)|\{\s*value\s*:\s*([^\s{}]+)\s*\})")
+def _batching_parameters_class():
+    """TF Serving's `BatchingParameters` message (session_bundle_config.proto, its field numbers), built
+    with the protobuf runtime in a pool of its own: tensorflow-serving-api does not ship it."""
+    file = descriptor_pb2.FileDescriptorProto(
+        name="keras_fcn/serving/batching_parameters.proto",
+        package="tensorflow.serving",
+        syntax="proto3",
+        dependency=["google/protobuf/wrappers.proto"],
+    )
+    message = file.message_type.add(name="BatchingParameters")
+    field = descriptor_pb2.FieldDescriptorProto
+    optional, repeated, wrapped = field.LABEL_OPTIONAL, field.LABEL_REPEATED, field.TYPE_MESSAGE
+    for number, (name, wrapper) in enumerate(
+        [
+            ("max_batch_size", "Int64Value"),
+            ("batch_timeout_micros", "Int64Value"),
+            ("max_enqueued_batches", "Int64Value"),
+            ("num_batch_threads", "Int64Value"),
+            ("thread_pool_name", "StringValue"),
+        ],
+        start=1,
+    ):
+        message.field.add(name=name, number=number, label=optional, type=wrapped,
+                          type_name=f".google.protobuf.{wrapper}")
+    message.field.add(name="allowed_batch_sizes", number=6, label=repeated,
+                      type=field.TYPE_INT64)
+    message.field.add(name="pad_variable_length_inputs", number=7, label=optional,
+                      type=field.TYPE_BOOL)
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
+    pool.Add(wrappers)
+    pool.Add(file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
+
+
+_BatchingParametersProto = _batching_parameters_class()
 
 
 def parse_batching_parameters(text: str) -> BatchingParameters:
-    """Parses a `BatchingParameters` text proto, e.g. `max_batch_size { value: 8 }`.
+    """Parses a `--batching_parameters_file` as TF Serving does: protobuf text format of its
+    `BatchingParameters` message, e.g. `max_batch_size { value: 8 }` (the scalars are wrapper messages).
 
-    Scalars may be written wrapped (`{ value: N }`, as TF Serving's docs do) or bare (`: N`);
-    `allowed_batch_sizes` repeats. Fields TF Serving has but this server ignores
-    (`thread_pool_name`, `enable_large_batch_splitting`, ...) are accepted.
+    Unknown fields (a typo such as `max_batch_sise`, or fields of newer TF Serving releases that this
+    server does not implement) are refused, as is `pad_variable_length_inputs: true`: requests whose
+    shapes differ are batched separately here, and padding an image would change an FCN's answer.
+    `thread_pool_name` is accepted and has no effect.
 
     Raises:
-        ValueError: on text that is not a list of such fields, or on inconsistent values.
+        ValueError: on text that does not parse, unknown fields, or inconsistent values.
     """
-    text = re.sub(r"#[^\n]*", "", text)
-    known = {f.name for f in dataclasses.fields(BatchingParameters)}
-    values: dict = {"allowed_batch_sizes": []}
-    position = 0
-    for match in _FIELD.finditer(text):
-        if text[position : match.start()].strip():
-            break
-        position = match.end()
-        name, value = match.group(1), (match.group(2) or match.group(3)).strip('"')
-        if name == "allowed_batch_sizes":
-            values[name].append(int(value))
-        elif name == "pad_variable_length_inputs":
-            values[name] = value.lower() == "true"
-        elif name in known:
-            values[name] = int(value)
-    if text[position:].strip():
-        raise ValueError(f"cannot parse batching parameters near {text[position:][:40]!r}. Received: text={text!r}")
+    proto = _BatchingParametersProto()
+    try:
+        text_format.Parse(text, proto)
+    except text_format.ParseError as error:
+        raise ValueError(f"cannot parse batching parameters: {error}. Received: text={text!r}") from None
+    if proto.pad_variable_length_inputs:
+        raise ValueError(
+            "pad_variable_length_inputs is not supported: requests of different shapes are batched separately. "
+            "Received: pad_variable_length_inputs=true"
+        )
+    values: dict = {"allowed_batch_sizes": list(proto.allowed_batch_sizes)}
+    for name in ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads"):
+        if proto.HasField(name):
+            values[name] = getattr(proto, name).value
     return BatchingParameters(**values)

@@ -48,15 +48,26 @@ def test_batching_parameters_file_of_the_repository():
 
 
 def test_batching_parameters_parsing():
-    text = "# comment\nmax_batch_size { value: 4 }\nbatch_timeout_micros: 500\nallowed_batch_sizes: 2\n"
-    text += "allowed_batch_sizes: 4\npad_variable_length_inputs: true\n"
+    text = "# comment\nmax_batch_size { value: 4 }\nbatch_timeout_micros { value: 500 }\nallowed_batch_sizes: 2\n"
+    text += "allowed_batch_sizes: 4\nthread_pool_name { value: 'pool' }\n"
     assert parse_batching_parameters(text) == BatchingParameters(
-        max_batch_size=4, batch_timeout_micros=500, allowed_batch_sizes=[2, 4], pad_variable_length_inputs=True
+        max_batch_size=4, batch_timeout_micros=500, allowed_batch_sizes=[2, 4]
     )
     with pytest.raises(ValueError, match="cannot parse"):
         parse_batching_parameters("max_batch_size { value: 4 } garbage")
     with pytest.raises(ValueError, match="allowed_batch_sizes"):
         parse_batching_parameters("max_batch_size { value: 4 } allowed_batch_sizes: 3")
+
+
+def test_batching_parameters_refuse_what_tf_serving_would_not_read_or_this_server_would_ignore():
+    # A typo must not silently give the default (TF Serving's text parser refuses unknown fields too).
+    with pytest.raises(ValueError, match="max_batch_sise"):
+        parse_batching_parameters("max_batch_sise { value: 4 }")
+    # The scalars are wrapper messages in TF Serving's schema: a bare value does not parse there either.
+    with pytest.raises(ValueError, match="cannot parse"):
+        parse_batching_parameters("max_batch_size: 4")
+    with pytest.raises(ValueError, match="pad_variable_length_inputs"):
+        parse_batching_parameters("max_batch_size { value: 4 }\npad_variable_length_inputs: true")
 
 
 def test_models_config_of_the_repository():
