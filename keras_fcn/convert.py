@@ -19,7 +19,8 @@ import numpy as np
 
 from keras_fcn.backbone import VGG16_BLOCK_DEPTHS, vgg16_classifier
 from keras_fcn.convolutionalize import convolutionalize
-from keras_fcn.weights import VGG16_CONV_LAYERS, WeightFileError, read_h5_weights
+from keras_fcn.vgg16 import VGG16_CONV_LAYERS
+from keras_fcn.weights import WeightFileError, read_h5_weights
 
 FC_NAMES = {"fc1": "fc6", "fc2": "fc7", "predictions": "fc8"}
 WEIGHTS_SUFFIX = ".weights.h5"

@@ -24,14 +24,21 @@ def _chain(classifier: keras.Model) -> list[keras.layers.Layer]:
             f"Received: {len(classifier.inputs)} inputs, {len(classifier.outputs)} outputs"
         )
     layers = [layer for layer in classifier.layers if not isinstance(layer, keras.layers.InputLayer)]
+    # `layer.input` / `layer.output` are the tensors of the layer's first call: a layer called twice, or
+    # first called in another graph, breaks the chain below and is refused.
     previous = classifier.inputs[0]
     for layer in layers:
-        if len(layer._inbound_nodes) != 1 or layer.input is not previous:
+        if layer.input is not previous:
             raise ValueError(
                 "Expected a classifier whose layers form a single chain (as VGG16's do). "
                 f"Received: layer {layer.name!r} does not take the output of the layer before it"
             )
         previous = layer.output
+    if previous is not classifier.outputs[0]:
+        raise ValueError(
+            "Expected a classifier whose layers form a single chain ending at its output. "
+            f"Received: the chain ends at {previous.name!r}, the output is {classifier.outputs[0].name!r}"
+        )
     return layers
 
 

@@ -7,16 +7,7 @@ import tensorflow as tf
 
 from keras_fcn.data import Source
 from keras_fcn.metrics import confusion_matrix, scores
-
-
-def predict_fn(model) -> tf.types.experimental.GenericFunction:
-    """A graph function `images (N, H, W, 3) float32 -> class ids (N, H, W) int32` traced once for any size."""
-
-    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)], reduce_retracing=True)
-    def predict(images):
-        return tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
-
-    return predict
+from keras_fcn.predict import predict_fn
 
 
 def evaluate(model, source: Source, num_classes: int | None = None, limit: int | None = None) -> dict:

@@ -11,10 +11,7 @@ import keras
 import tensorflow as tf
 
 from keras_fcn import surgery
-
-# The means of Keras's "caffe" preprocessing (`keras.applications.vgg16.preprocess_input`), in BGR order:
-# Keras's VGG16 weights were converted from Caffe with these.
-CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+from keras_fcn.vgg16 import CAFFE_BGR_MEAN
 
 
 @keras.saving.register_keras_serializable(package="keras_fcn")

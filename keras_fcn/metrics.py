@@ -23,7 +23,7 @@ import keras
 import numpy as np
 from keras import ops
 
-IGNORE_LABEL = 255
+from keras_fcn.labels import IGNORE_LABEL
 
 __all__ = [
     "IGNORE_LABEL",

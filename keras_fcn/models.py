@@ -62,15 +62,22 @@ def _layer_coord_map(layer: keras.layers.Layer) -> tuple[float, float]:
 
 
 def _coord_path(tensor: keras.KerasTensor, start: keras.KerasTensor) -> list[tuple[float, float]]:
-    """Coordinate maps of the layers from `start` to `tensor`, following each layer's first input."""
+    """Coordinate maps of the layers from `start` to `tensor`, following each layer's first input.
+
+    The graph is read through Keras's public API: a functional model from `start` to `tensor` lists
+    its layers, and each layer's `output` and `input` are the tensors of its (single) call.
+    """
+    if tensor is start:
+        return []
+    producers = {id(layer.output): layer for layer in keras.Model(start, tensor).layers}
     maps = []
     while tensor is not start:
-        layer, node_index, _ = tensor._keras_history
-        maps.append(_layer_coord_map(layer))
-        inputs = layer._inbound_nodes[node_index].input_tensors
-        if not inputs:
+        layer = producers.get(id(tensor))
+        if layer is None or isinstance(layer, keras.layers.InputLayer):
             raise ValueError(f"{start.name!r} is not upstream of {tensor.name!r}")
-        tensor = inputs[0]
+        maps.append(_layer_coord_map(layer))
+        inputs = layer.input
+        tensor = inputs[0] if isinstance(inputs, (list, tuple)) else inputs
     return maps[::-1]
 
 

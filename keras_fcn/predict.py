@@ -9,8 +9,17 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fcn.data import read_image
-from keras_fcn.evaluate import predict_fn
 from keras_fcn.visualize import overlay, save_class_png
+
+
+def predict_fn(model) -> tf.types.experimental.GenericFunction:
+    """A graph function `images (N, H, W, 3) float32 -> class ids (N, H, W) int32` traced once for any size."""
+
+    @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)], reduce_retracing=True)
+    def predict(images):
+        return tf.argmax(model(images, training=False), axis=-1, output_type=tf.int32)
+
+    return predict
 
 
 def predict_masks(model, images: Sequence[np.ndarray]) -> list[np.ndarray]:

@@ -36,6 +36,7 @@ import tensorflow as tf
 from keras_fcn import metrics
 from keras_fcn.config import TrainConfig
 from keras_fcn.data import data_errors, from_spec, make_dataset
+from keras_fcn.vgg16 import VGG16_FC_UNITS, VGG16_FILTERS
 
 
 @dataclass
@@ -121,8 +122,8 @@ def describe_backbone(config: TrainConfig) -> str:
     """One line on the backbone: VGG16 or a narrower net of its topology, and where its weights come from."""
     narrow = config.backbone_filters is not None or config.fc_units is not None
     shape = (
-        f"a narrow VGG16-topology backbone (filters {tuple(config.backbone_filters or (64, 128, 256, 512, 512))}, "
-        f"fc {config.fc_units or 4096})"
+        f"a narrow VGG16-topology backbone (filters {tuple(config.backbone_filters or VGG16_FILTERS)}, "
+        f"fc {config.fc_units or VGG16_FC_UNITS})"
         if narrow
         else "VGG16"
     )

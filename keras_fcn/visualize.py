@@ -11,21 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-IGNORE_LABEL = 255
-
-
-def voc_palette(num_colors: int = 256) -> np.ndarray:
-    """The PASCAL VOC colour map: class k's colour interleaves the bits of k (far colours for near ids).
-
-    Returns:
-        `(num_colors, 3)` uint8 RGB; entry 0 is black, 1 `(128, 0, 0)`, 15 (person) `(192, 128, 128)`.
-    """
-    ids = np.arange(num_colors)
-    palette = np.zeros((num_colors, 3), dtype=np.uint8)
-    for bit in range(8):
-        for channel in range(3):
-            palette[:, channel] |= (((ids >> (3 * bit + channel)) & 1) << (7 - bit)).astype(np.uint8)
-    return palette
+from keras_fcn.labels import IGNORE_LABEL, voc_palette
 
 
 def class_map_png(class_ids: np.ndarray) -> bytes:

@@ -16,6 +16,8 @@ import h5py
 import keras
 import numpy as np
 
+from keras_fcn.vgg16 import VGG16_CONV_LAYERS
+
 # Keras's own download location and checksum for VGG16 with its top (keras/src/applications/vgg16.py).
 IMAGENET_WEIGHTS_URL = (
     "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
@@ -24,9 +26,6 @@ IMAGENET_WEIGHTS_URL = (
 IMAGENET_WEIGHTS_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
 IMAGENET_WEIGHTS_MD5 = "64373286793e3c8b2b4e3219cbf3544b"
 
-VGG16_CONV_LAYERS = tuple(
-    f"block{block}_conv{conv}" for block, depth in enumerate((2, 2, 3, 3, 3), start=1) for conv in range(1, depth + 1)
-)
 # Where each FCN layer's weights come from, for each kind of source file.
 _FROM_CLASSIFIER = {**{n: n for n in VGG16_CONV_LAYERS}, "fc6": "fc1", "fc7": "fc2"}
 _FROM_CONVERTED = {**{n: n for n in VGG16_CONV_LAYERS}, "fc6": "fc6", "fc7": "fc7"}

@@ -12,7 +12,8 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-IGNORE_LABEL = 255
+from keras_fcn.labels import IGNORE_LABEL
+
 # A mask of only 0 and 255 with more 255 than this is taken for a 0/255 binary mask.
 VOID_FRACTION_LIMIT = 0.25
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")

@@ -18,7 +18,7 @@ import tensorflow as tf
 
 from keras_fcn.data.files import IGNORE_LABEL, DataError
 from keras_fcn.data.sources import IndexedSource, Source
-from keras_fcn.layers import CAFFE_BGR_MEAN
+from keras_fcn.vgg16 import CAFFE_BGR_MEAN
 
 # The mean pixel `CaffePreprocessing` subtracts (Keras's VGG16 "caffe" mean, BGR 103.939, 116.779, 123.68),
 # in RGB order: padding with it gives exactly zero after the model's own mean subtraction.

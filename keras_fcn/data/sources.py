@@ -31,12 +31,8 @@ from keras_fcn.data.files import (
     read_mask,
     require_dir,
 )
+from keras_fcn.labels import VOC_CLASSES
 
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)  # fmt: skip
 SEG11VALID = os.path.join(os.path.dirname(__file__), "seg11valid.txt")
 
 
