@@ -26,7 +26,8 @@ setup(
         f"tensorflow=={TF_MINOR}.*",
         f"tensorflow-serving-api=={TF_MINOR}.*",
         "grpcio>=1.60",
-        "keras>=3.10,<4",
+        # keras_fcn.keras_internals is checked against these releases only.
+        "keras>=3.15,<3.16",
         "tensorflow-datasets>=4.9",
         "numpy>=1.26",
         "h5py>=3.10",

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import keras
 import tensorflow as tf
 
-from keras_fcn import metrics
+from keras_fcn import keras_internals, metrics
 from keras_fcn.config import TrainConfig
 from keras_fcn.data import data_errors, from_spec, make_dataset
 from keras_fcn.vgg16 import VGG16_FC_UNITS, VGG16_FILTERS
@@ -250,30 +250,6 @@ def _resume_epoch(output_dir: str) -> int:
         return int(json.load(handle).get("epoch", 0))
 
 
-def _multi_worker_workarounds(model: keras.Model, strategy, element_spec) -> None:
-    """Two work-arounds that let Keras 3's `fit` run under `MultiWorkerMirroredStrategy`.
-
-    1. `fit` first reduces an `(images, masks)` batch across replicas to build the model symbolically;
-       the collective reduce gets the tuple as is and fails (`Attempt to convert a value (PerReplica...)`).
-       Metrics, loss and optimizer are built here from the dataset's element spec instead.
-    2. Each step's logs are reduced with `strategy.reduce("MEAN", value, axis=0)`, which fails on scalar
-       logs (`Invalid reduction dimension 0 for input with 0 dimensions`, tensorflow/tensorflow#72388).
-       The steps return their logs with a leading axis of length 1, which that reduce removes again.
-    """
-    with strategy.scope():
-        model._symbolic_build(data_batch=element_spec)
-        if not model.optimizer.built:
-            model.optimizer.build(model.trainable_variables)
-    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
-    train_step, test_step = model.train_step, model.test_step
-
-    def add_axis(logs):
-        return {key: tf.reshape(value, (1,)) for key, value in logs.items()}
-
-    model.train_step = lambda data: add_axis(train_step(data))
-    model.test_step = lambda data: add_axis(test_step(data))
-
-
 def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Trains an FCN as described by `config` (or `TrainConfig(**overrides)`).
 
@@ -358,7 +334,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         keras.mixed_precision.set_global_policy(previous_policy)
 
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        _multi_worker_workarounds(model, strategy, train_ds.element_spec)
+        keras_internals.multi_worker_workarounds(model, strategy, train_ds.element_spec)
     initial_epoch = _resume_epoch(output_dir)
     monitor = "val_mean_iu" if val_ds is not None else "mean_iu"
     if config.verbose:

@@ -16,6 +16,7 @@ import h5py
 import keras
 import numpy as np
 
+from keras_fcn import keras_internals
 from keras_fcn.vgg16 import VGG16_CONV_LAYERS
 
 # Keras's own download location and checksum for VGG16 with its top (keras/src/applications/vgg16.py).
@@ -66,7 +67,7 @@ def read_h5_weights(
             if "layer_names" in root.attrs:
                 return _read_legacy(root, on_layer)
             if "layers" in root:
-                return _read_keras3(root["layers"], on_layer)
+                return keras_internals.read_weights_h5_layers(root["layers"], on_layer)
     except (OSError, KeyError, RuntimeError) as error:
         raise WeightFileError(f"Could not read the weight file (truncated or corrupt?): {error}. "
                               f"Received: path={path!r}") from None
@@ -85,22 +86,6 @@ def _read_legacy(root, on_layer):
             weights[name] = arrays
             if on_layer:
                 on_layer(name, sum(a.nbytes for a in arrays))
-    return weights
-
-
-def _read_keras3(layers, on_layer):
-    weights = {}
-
-    def visit(_, obj):
-        if isinstance(obj, h5py.Group) and "name" in obj.attrs and len(obj):
-            keys = sorted((k for k in obj.keys() if k.isdigit()), key=int)
-            if keys:
-                name = _decode(obj.attrs["name"])
-                weights[name] = [np.asarray(obj[k]) for k in keys]
-                if on_layer:
-                    on_layer(name, sum(a.nbytes for a in weights[name]))
-
-    layers.visititems(visit)
     return weights
 
 
