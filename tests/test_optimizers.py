@@ -116,7 +116,8 @@ def test_fit_step_in_a_model_follows_caffe_and_leaves_fixed_upsampling_alone():
     loss = SegmentationLoss(normalize=False)
     with tf.GradientTape() as tape:
         value = loss(masks, model(images, training=True))
-    grads = dict(zip([v.path for v in model.trainable_variables], tape.gradient(value, model.trainable_variables)))
+    variables = model.trainable_variables
+    grads = dict(zip([v.path for v in variables], tape.gradient(value, variables), strict=True))
     before = {v.path: v.numpy() for v in model.variables}
     model.compile(CaffeSGD(1e-4, momentum=MOMENTUM, l2_weight_decay=0.1), loss=loss)
     model.train_on_batch(images, masks)
