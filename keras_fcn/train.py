@@ -140,6 +140,8 @@ def describe_backbone(config: TrainConfig) -> str:
         else "VGG16"
     )
     weights = config.backbone_weights or "random initialisation (no ImageNet weights)"
+    if config.init_from:
+        weights = f"{config.backbone_weights or 'none'}, then every shared layer from {config.init_from}"
     return f"{config.variant} on {shape}, backbone weights: {weights}"
 
 
