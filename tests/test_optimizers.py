@@ -148,3 +148,36 @@ def test_caffe_sgd_saves_in_dot_keras_and_continues_identically(tmp_path):
     reloaded.train_on_batch(x, y)  # the velocity came back with the file
     for a, b in zip(model.get_weights(), reloaded.get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+class Stop(Exception):
+    pass
+
+
+def test_caffe_sgd_resumes_from_backup_and_restore_as_if_never_stopped(tmp_path):
+    rng = np.random.default_rng(3)
+    x, y = rng.normal(size=(8, 4)).astype("float32"), rng.normal(size=(8, 3)).astype("float32")
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((4,))
+        model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+        model.compile(CaffeSGD(0.05, momentum=0.9, l2_weight_decay=0.05), loss="mse")
+        return model
+
+    class StopAfterTwo(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == 1:
+                raise Stop
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    uninterrupted = fresh()
+    uninterrupted.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0)
+    with pytest.raises(Stop):
+        fresh().fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=[backup, StopAfterTwo()])
+    resumed = fresh()
+    history = resumed.fit(x, y, batch_size=8, epochs=4, shuffle=False, verbose=0, callbacks=[backup])
+    assert history.epoch == [2, 3]  # continued after the second epoch
+    assert int(resumed.optimizer.iterations) == 4
+    for a, b in zip(uninterrupted.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)  # the velocity was restored too
