@@ -36,7 +36,7 @@ class TrainConfig:
     # --- data (see keras_fcn.data.from_spec) --------------------------------------------------------
     train_data: str = "synthetic"  # e.g. "sbd:/data/benchmark_RELEASE/dataset"
     train_split: str = "train"
-    train_exclude: str | None = None  # ids left out of the training data: a split name or list file
+    train_exclude: str | None = None  # ids left out of the training data: "seg11valid" or a list file
     val_data: str | None = None  # e.g. "voc:/data/VOCdevkit/VOC2012"; None: no validation
     val_split: str = "val"  # "seg11valid" for the reference's validation set
     data_options: dict = field(default_factory=dict)  # extra source arguments, e.g. {"image_size": [96, 96]}

@@ -102,6 +102,8 @@ def test_caffe_mode_optimizer_from_config():
         TrainConfig(weight_decay_mode="l2")
     with pytest.raises(ValueError, match="Received: weight_decay=0.1"):
         CaffeSGD(weight_decay=0.1)
+    with pytest.raises(ValueError, match="Received: fixed_upsampling=True, learn_final_upsampling=True"):
+        TrainConfig(fixed_upsampling=True, learn_final_upsampling=True)
 
 
 def test_fit_step_in_a_model_follows_caffe_and_leaves_fixed_upsampling_alone():

@@ -142,3 +142,17 @@ def test_staged_recipe_without_its_previous_model_is_one_line_exit_2(tmp_path, c
     assert "keras-fcn train --recipe voc-fcn16s" in err and f"Received: init_from={missing!r}" in err
     assert not os.path.exists(tmp_path / "o")
     assert cli.main(["train", "--recipe", "voc-fcn32s", "--config", str(tmp_path / "c.json")]) == 2
+
+
+def test_without_leaves_listed_ids_out(trees, tmp_path):
+    from keras_fcn import data
+
+    sbd = data.from_spec(trees["sbd"], "train")
+    kept = data.without(sbd, "seg11valid")
+    assert [os.path.basename(image) for image, _ in kept.pairs] == [f"{i}.jpg" for i in SBD_ONLY]
+    listed = tmp_path / "all.txt"
+    listed.write_text("\n".join(VALID_IDS + SBD_ONLY) + "\n")
+    with pytest.raises(data.DataError, match="No examples of sbd:train are left"):
+        data.without(sbd, str(listed))
+    with pytest.raises(ValueError, match="Only file sources"):
+        data.without(data.synthetic(num_examples=2), "seg11valid")
