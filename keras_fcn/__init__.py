@@ -42,10 +42,12 @@ from keras_fcn.metrics import (  # noqa: E402
     SegmentationScores,
     segmentation_metrics,
 )
+from keras_fcn.optimizers import CaffeSGD  # noqa: E402
 from keras_fcn.predict import predict_files, predict_masks  # noqa: E402
 from keras_fcn.train import TrainResult, train  # noqa: E402
 
 __all__ += [
+    "CaffeSGD",
     "FrequencyWeightedIU",
     "MeanAccuracy",
     "MeanIU",

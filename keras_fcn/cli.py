@@ -223,8 +223,19 @@ def _add_train(verbs) -> None:
         "first. Data specs: synthetic[:N], voc:ROOT, sbd:ROOT, folder:IMAGES,MASKS, folder:ROOT, tfds:NAME.",
     )
     parser.add_argument("--config", help="a config.json to start from (flags override it)")
+    parser.add_argument(
+        "--recipe", choices=_recipe_names(),
+        help="train as the reference did on PASCAL VOC (solver, data, length, initialisation; flags override "
+        "it), then score the final model on seg11valid next to the paper",
+    )  # fmt: skip
     _add_config_flags(parser)
     parser.set_defaults(run=run_train)
+
+
+def _recipe_names() -> list[str]:
+    from keras_fcn.recipes import RECIPES
+
+    return list(RECIPES)
 
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
@@ -291,9 +302,16 @@ def _str_or_none(text: str):
 def _config_from_args(args):
     from keras_fcn.config import TrainConfig
 
+    recipe = getattr(args, "recipe", None)
+    if recipe and getattr(args, "config", None):
+        raise CommandError("--recipe and --config each give a whole run: give one of them")
     values = TrainConfig.load(args.config).to_dict() if getattr(args, "config", None) else {}
+    if recipe:
+        from keras_fcn.recipes import recipe_config
+
+        values = recipe_config(recipe).to_dict()
     for key, value in vars(args).items():
-        if key in ("config", "verb", "run"):
+        if key in ("config", "recipe", "verb", "run"):
             continue
         if key == "data_options":
             value = {**values.get("data_options", {}), **_data_options(value)}
@@ -310,7 +328,12 @@ def run_train(args) -> int:
 
     config = _config_from_args(args)
     try:
-        result = train(config)
+        if args.recipe:
+            from keras_fcn.recipes import train_recipe
+
+            result = train_recipe(args.recipe, config).train
+        else:
+            result = train(config)
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
     last = {key: values[-1] for key, values in result.history.items() if values}

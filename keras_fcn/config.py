@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "poly", "step")
 STRATEGIES = ("default", "mirrored", "multi-worker")
+WEIGHT_DECAY_MODES = ("decoupled", "caffe")
 
 
 @dataclass
@@ -30,10 +31,12 @@ class TrainConfig:
     geometry: str = "aligned"  # "aligned" | "caffe" (the reference's 100-pixel padding and crops)
     dropout: float = 0.5
     learn_final_upsampling: bool = False
+    fixed_upsampling: bool = False  # every upsampling fixed bilinear, as the reference's nets (lr_mult=0)
     init_from: str | None = None  # a .keras model whose layers are copied by name (32s → 16s → 8s)
     # --- data (see keras_fcn.data.from_spec) --------------------------------------------------------
     train_data: str = "synthetic"  # e.g. "sbd:/data/benchmark_RELEASE/dataset"
     train_split: str = "train"
+    train_exclude: str | None = None  # ids left out of the training data: "seg11valid" or a list file
     val_data: str | None = None  # e.g. "voc:/data/VOCdevkit/VOC2012"; None: no validation
     val_split: str = "val"  # "seg11valid" for the reference's validation set
     data_options: dict = field(default_factory=dict)  # extra source arguments, e.g. {"image_size": [96, 96]}
@@ -50,7 +53,8 @@ class TrainConfig:
     poly_power: float = 0.9
     step_epochs: int = 10
     step_gamma: float = 0.1
-    weight_decay: float = 5e-4  # decoupled (Keras optimizers), biases excluded
+    weight_decay: float = 5e-4  # see weight_decay_mode; biases excluded
+    weight_decay_mode: str = "decoupled"  # "decoupled" (Keras) | "caffe" (L2 in the momentum; biases 2x lr)
     normalize_loss: bool = True  # mean over valid pixels; False: the reference's sum over pixels
     epochs: int = 50
     steps_per_epoch: int | None = None  # None: one pass over the training data
@@ -74,6 +78,7 @@ class TrainConfig:
             ("optimizer", self.optimizer, OPTIMIZERS),
             ("lr_schedule", self.lr_schedule, LR_SCHEDULES),
             ("strategy", self.strategy, STRATEGIES),
+            ("weight_decay_mode", self.weight_decay_mode, WEIGHT_DECAY_MODES),
         ]
         for key, value, allowed in checks:
             if value not in allowed:
@@ -81,6 +86,16 @@ class TrainConfig:
         for key in ("epochs", "batch_size"):
             if int(getattr(self, key)) < 1:
                 raise ValueError(f"`{key}` must be at least 1. Received: {key}={getattr(self, key)}")
+        if self.weight_decay_mode == "caffe" and self.optimizer != "sgd":
+            raise ValueError(
+                "weight_decay_mode='caffe' is Caffe's SGD solver: it needs optimizer='sgd'. "
+                f"Received: optimizer={self.optimizer!r}"
+            )
+        if self.fixed_upsampling and self.learn_final_upsampling:
+            raise ValueError(
+                "`fixed_upsampling` fixes every upsampling, the final one too: it contradicts "
+                "`learn_final_upsampling`. Received: fixed_upsampling=True, learn_final_upsampling=True"
+            )
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be positive. Received: learning_rate={self.learning_rate}")
         for key in ("backbone_filters", "class_weights", "devices", "scale_range"):

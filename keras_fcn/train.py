@@ -35,7 +35,8 @@ import tensorflow as tf
 
 from keras_fcn import keras_internals, metrics
 from keras_fcn.config import TrainConfig
-from keras_fcn.data import data_errors, from_spec, make_dataset
+from keras_fcn.data import data_errors, from_spec, make_dataset, without
+from keras_fcn.optimizers import CaffeSGD
 from keras_fcn.vgg16 import VGG16_FC_UNITS, VGG16_FILTERS
 
 
@@ -87,8 +88,15 @@ def _learning_rate(config: TrainConfig, steps_per_epoch: int):
 
 
 def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizers.Optimizer:
-    """SGD with momentum (the reference) or Adam, with the config's schedule and weight decay."""
+    """SGD with momentum (the reference) or Adam, with the config's schedule and weight decay.
+
+    `weight_decay_mode="caffe"` gives `CaffeSGD` (the reference's solver: L2 decay inside the momentum,
+    biases at twice the rate without decay); "decoupled" gives Keras's optimizers with their decoupled
+    `weight_decay`, biases excluded.
+    """
     rate = _learning_rate(config, steps_per_epoch)
+    if config.weight_decay_mode == "caffe":
+        return CaffeSGD(rate, momentum=config.momentum, l2_weight_decay=config.weight_decay)
     decay = config.weight_decay or None
     if config.optimizer == "sgd":
         optimizer = keras.optimizers.SGD(rate, momentum=config.momentum, weight_decay=decay)
@@ -115,7 +123,12 @@ def build_model(config: TrainConfig, num_classes: int) -> keras.Model:
         kwargs["fc_units"] = config.fc_units
     if config.init_from:
         kwargs["init_from"] = keras.saving.load_model(config.init_from, compile=False)
-    return build_fcn(config.variant, num_classes, **kwargs)
+    model = build_fcn(config.variant, num_classes, **kwargs)
+    if config.fixed_upsampling:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Conv2DTranspose):
+                layer.trainable = False  # the reference's Deconvolution layers: lr_mult=0
+    return model
 
 
 def describe_backbone(config: TrainConfig) -> str:
@@ -128,6 +141,8 @@ def describe_backbone(config: TrainConfig) -> str:
         else "VGG16"
     )
     weights = config.backbone_weights or "random initialisation (no ImageNet weights)"
+    if config.init_from:
+        weights = f"{config.backbone_weights or 'none'}, then every shared layer from {config.init_from}"
     return f"{config.variant} on {shape}, backbone weights: {weights}"
 
 
@@ -283,6 +298,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     train_source = from_spec(
         config.train_data, config.train_split, num_classes=config.num_classes, seed=config.seed, **config.data_options
     )
+    if config.train_exclude:
+        train_source = without(train_source, config.train_exclude)
     num_classes = config.num_classes or train_source.num_classes
     if config.class_weights is not None and len(config.class_weights) != num_classes:
         raise ValueError(

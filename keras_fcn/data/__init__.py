@@ -7,7 +7,7 @@ Sources yield `(image uint8 (H, W, 3), mask uint8 (H, W))` with 255 meaning "ign
 
 from keras_fcn.data.files import IGNORE_LABEL, DataError, check_mask, read_image, read_mask
 from keras_fcn.data.pipeline import MEAN_RGB, augment, data_errors, make_dataset
-from keras_fcn.data.sources import VOC_CLASSES, FileSource, IndexedSource, Source, folder, sbd, voc
+from keras_fcn.data.sources import VOC_CLASSES, FileSource, IndexedSource, Source, folder, sbd, voc, without
 from keras_fcn.data.spec import from_spec
 from keras_fcn.data.synthetic import SyntheticShapes, synthetic
 from keras_fcn.data.tfds_source import PET_TRIMAP, TFDSSource, tfds
@@ -35,4 +35,5 @@ __all__ = [
     "synthetic",
     "tfds",
     "voc",
+    "without",
 ]

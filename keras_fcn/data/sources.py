@@ -233,6 +233,35 @@ def sbd(root: str, split: str = "train", num_classes: int = 21) -> FileSource:
     return FileSource(pairs, num_classes, names, name=f"sbd:{split}")
 
 
+def without(source: FileSource, exclude: str) -> FileSource:
+    """`source` less the examples whose ids (image file names without extension) a list names.
+
+    The reference trains on SBD train and validates on seg11valid; this guarantees that no validation
+    image is trained on, whatever the lists on disk hold.
+
+    Args:
+        source: a `FileSource` (VOC, SBD, folders).
+        exclude: `"seg11valid"` (the list shipped with this package) or a path to a list file.
+
+    Returns:
+        A `FileSource` named like `"sbd:train without seg11valid (0 left out)"`.
+
+    Raises:
+        DataError: a missing or empty list, or nothing left.
+        ValueError: a source that is not made of files.
+    """
+    if not isinstance(source, FileSource):
+        raise ValueError(f"Only file sources can leave ids out. Received: source={source!r}")
+    path = SEG11VALID if exclude == "seg11valid" else exclude
+    ids = set(read_id_list(path))
+    pairs = [pair for pair in source.pairs if os.path.splitext(os.path.basename(pair[0]))[0] not in ids]
+    if not pairs:
+        raise DataError(f"No examples of {source.name} are left once the ids of {path} are left out.")
+    label = os.path.splitext(os.path.basename(exclude))[0]
+    name = f"{source.name} without {label} ({len(source) - len(pairs)} left out)"
+    return FileSource(pairs, source.num_classes, source.class_names, name=name)
+
+
 def folder(
     images_dir: str,
     masks_dir: str,
