@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import tempfile
+import time
 import urllib.error
 import urllib.request
 
@@ -21,8 +22,7 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from keras_fcn.cli import main
 from keras_fcn.export import export_saved_model
-from keras_fcn.serving import FCNClient, ModelServer
-from keras_fcn.serving.client import tls_credentials
+from keras_fcn.serving import FCNClient, ModelServer, tls_credentials
 from keras_fcn.serving.grpc_options import parse_grpc_channel_arguments
 from keras_fcn.serving.tensors import to_tensor_proto
 
@@ -69,7 +69,8 @@ def _write_config(path, models: dict) -> None:
 
 def _available(server, name: str) -> bool:
     try:
-        return FCNClient(server.grpc_address, name, timeout=TIMEOUT).status() == {1: "AVAILABLE"}
+        with FCNClient(server.grpc_address, name, timeout=TIMEOUT) as client:
+            return client.status() == {1: "AVAILABLE"}
     except grpc.RpcError as error:
         if error.code() != grpc.StatusCode.NOT_FOUND:
             raise
@@ -88,13 +89,17 @@ def test_model_config_file_is_reread_while_serving(tmp_path, base):
         assert _available(server, "a") and not _available(server, "b")
         _write_config(config, {"a": path, "b": path})  # a model added
         wait_until(lambda: _available(server, "b"), 60, "model b to be added")
-        answer = FCNClient(server.grpc_address, "b", timeout=TIMEOUT).predict(images, probabilities=True)
+        with FCNClient(server.grpc_address, "b", timeout=TIMEOUT) as client:
+            answer = client.predict(images, probabilities=True)
         np.testing.assert_allclose(answer.probabilities, expected, atol=1e-5)
         _write_config(config, {"b": path})  # a model removed
         wait_until(lambda: not _available(server, "a"), 60, "model a to be removed")
         _write_config(config, {})  # a broken file: logged, and the models served stay
-        server.wait(1.0)  # several polls of the broken file
+        time.sleep(1.0)  # several polls of the broken file
         assert _available(server, "b") and not _available(server, "a")
+        _write_config(config, {"b": path, "c": path})  # and the file is still watched
+        wait_until(lambda: _available(server, "c"), 60, "model c to be added")
+        assert _available(server, "b")
 
 
 # --- --grpc_channel_arguments --------------------------------------------------------------------
@@ -140,14 +145,15 @@ def test_grpc_on_a_unix_socket(base):
                 response = stub.Predict(_predict_request(images), timeout=TIMEOUT)
             assert response.model_spec.version.value == 1
             np.testing.assert_allclose(_probabilities(response), reference(model, images), atol=1e-5)
-            assert FCNClient(server.grpc_address, "fcn", timeout=TIMEOUT).status() == {1: "AVAILABLE"}  # TCP too
+            with FCNClient(server.grpc_address, "fcn", timeout=TIMEOUT) as client:  # TCP too
+                assert client.status() == {1: "AVAILABLE"}
 
 
 # --- --monitoring_config_file --------------------------------------------------------------------
 
 
 def _scrape(server, path: str = "/monitoring/prometheus/metrics") -> dict:
-    """{(family, sample name, sorted labels): value}, parsed by prometheus_client's own parser."""
+    """{(sample name, sorted labels): value} of the metrics page, parsed by prometheus_client's parser."""
     parser = pytest.importorskip("prometheus_client.parser")
     with urllib.request.urlopen(server.rest_address + path, timeout=TIMEOUT) as reply:
         assert reply.headers["Content-Type"].startswith("text/plain")
@@ -234,7 +240,8 @@ def test_prometheus_endpoint_counts_requests_per_model_version_and_signature(tmp
         for (name, key), value in after.items()
         if name == f"{latency}_bucket" and {k: v for k, v in key if k != "le"} == labels
     )
-    assert len(buckets) == 34 and buckets[0][0] == 10 and buckets[-1][0] == float("inf")
+    limits = [10 * 1.8**i for i in range(33)] + [float("inf")]  # TF Serving's: Buckets::Exponential(10, 1.8, 33)
+    np.testing.assert_allclose([limit for limit, _ in buckets], limits, rtol=1e-5)
     assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:], strict=False))  # cumulative
     assert buckets[-1][1] == _value(after, f"{latency}_count", **labels) == 3
     assert _value(after, f"{latency}_sum", **labels) > 0
@@ -245,23 +252,19 @@ def test_prometheus_endpoint_counts_requests_per_model_version_and_signature(tmp
 
 def test_prometheus_endpoint_follows_the_config(tmp_path, base):
     path, _ = base
+    default = "/monitoring/prometheus/metrics"
     monitoring = tmp_path / "monitoring.config"
     monitoring.write_text('prometheus_config { enable: true path: "/metrics" }')
     with ModelServer("fcn", path, port=0, rest_port=0, monitoring_config_file=str(monitoring)) as server:
-        assert (
-            _value(
-                _scrape(server, "/metrics"),
-                ":tensorflow:cc:saved_model:load_attempt_count",
-                model_path=os.path.join(path, "1"),
-                status="success",
-            )
-            == 1
-        )
-        assert _rest(server, "../../monitoring/prometheus/metrics") == 404
+        load = dict(model_path=os.path.join(path, "1"), status="success")
+        assert _value(_scrape(server, "/metrics"), ":tensorflow:cc:saved_model:load_attempt_count", **load) == 1
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(server.rest_address + default, timeout=TIMEOUT)
+        assert caught.value.code == 404
     monitoring.write_text("prometheus_config { enable: false }")
     with ModelServer("fcn", path, port=0, rest_port=0, monitoring_config_file=str(monitoring)) as server:
         with pytest.raises(urllib.error.HTTPError) as caught:
-            urllib.request.urlopen(server.rest_address + "/monitoring/prometheus/metrics", timeout=TIMEOUT)
+            urllib.request.urlopen(server.rest_address + default, timeout=TIMEOUT)
         assert caught.value.code == 404
 
 
