@@ -9,8 +9,9 @@ With `prometheus_config { enable: true }` the REST port answers `GET /monitoring
   `:tensorflow:serving:request_count{model_name,status}` (gRPC Predict/Classify/Regress and every
   REST call), `:tensorflow:serving:request_latency{model_name,API,entrypoint}` (successful calls;
   `entrypoint` is `GRPC` or `REST`), and TensorFlow's
-  `:tensorflow:cc:saved_model:load_attempt_count{model_path,status}` (`success`/`fail`; a failed
-  warm-up counts as a failed load here) and `:tensorflow:cc:saved_model:load_latency{model_path}`.
+  `:tensorflow:cc:saved_model:load_attempt_count{model_path,status}` (`success`/`fail`) and
+  `:tensorflow:cc:saved_model:load_latency{model_path}` (total microseconds); here a load includes
+  its warm-up, so a failed warm-up counts as a failed load.
 - This server's finer breakdown, which TF Serving does not have:
   `:keras_fcn:serving:request_count{model_name,version,signature_name,API,entrypoint,status}`,
   `:keras_fcn:serving:request_latency{model_name,version,signature_name,API,entrypoint}` (the
