@@ -47,6 +47,9 @@ setup(
             "nbclient>=0.9",
             "nbformat>=5.9",
             "ipykernel>=6.25",
+            # serving tests: throwaway TLS certificates, and Prometheus's own parser of the metrics page
+            "cryptography>=42",
+            "prometheus-client>=0.20",
         ],
     },
     entry_points={"console_scripts": ["keras-fcn=keras_fcn.cli:main"]},

@@ -130,6 +130,36 @@ def _add_serve(verbs) -> None:
         type=float,
         default=1.0,
     )
+    parser.add_argument(
+        "--model-config-file-poll-wait-seconds",
+        "--model_config_file_poll_wait_seconds",
+        dest="config_poll_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model-config-file this often and switch to the models it lists (0: read once)",
+    )
+    parser.add_argument(
+        "--grpc-channel-arguments",
+        "--grpc_channel_arguments",
+        dest="grpc_channel_arguments",
+        default="",
+        help="gRPC server options, e.g. grpc.max_connection_age_ms=2000,grpc.max_receive_message_length=4194304",
+    )
+    parser.add_argument(
+        "--grpc-socket-path", "--grpc_socket_path", dest="grpc_socket_path", help="also serve gRPC on this Unix socket"
+    )
+    parser.add_argument(
+        "--monitoring-config-file",
+        "--monitoring_config_file",
+        dest="monitoring_config_file",
+        help="a MonitoringConfig text file: prometheus_config { enable: true } serves metrics on the REST port",
+    )
+    parser.add_argument(
+        "--ssl-config-file",
+        "--ssl_config_file",
+        dest="ssl_config_file",
+        help="an SSLConfig text file (server_key, server_cert, custom_ca, client_verify): TLS on gRPC",
+    )
     parser.set_defaults(run=_run_serve)
 
 
@@ -142,6 +172,8 @@ def _run_serve(args) -> int:
         raise CommandError("give --model-base-path (with --model-name) or --model-config-file")
     if args.batching_parameters_file and not args.enable_batching:
         raise CommandError("--batching-parameters-file needs --enable-batching")
+    if args.config_poll_seconds and not args.model_config_file:
+        raise CommandError("--model-config-file-poll-wait-seconds needs --model-config-file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     from keras_fcn.serving.server import ModelServer
 
@@ -156,6 +188,11 @@ def _run_serve(args) -> int:
             enable_batching=args.enable_batching,
             batching_parameters=args.batching_parameters_file,
             poll_seconds=args.poll_seconds,
+            model_config_file_poll_wait_seconds=args.config_poll_seconds,
+            grpc_channel_arguments=args.grpc_channel_arguments,
+            grpc_socket_path=args.grpc_socket_path,
+            monitoring_config_file=args.monitoring_config_file,
+            ssl_config_file=args.ssl_config_file,
         )
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -178,6 +215,11 @@ def _add_query(verbs) -> None:
     parser.add_argument("--version", type=int, default=None, help="a version (default: the latest)")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the PNGs go")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take")
+    parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs (see --tls-ca)")
+    parser.add_argument("--tls-ca", metavar="PEM", help="TLS, trusting the CA in this file")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (server with client_verify)")
+    parser.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
+    parser.add_argument("--tls-server-name", metavar="NAME", help="the name the server certificate must carry")
     parser.set_defaults(run=_run_query)
 
 
@@ -187,15 +229,30 @@ def _run_query(args) -> int:
     import grpc
     import numpy as np
 
-    from keras_fcn.serving.client import FCNClient
+    from keras_fcn.serving.client import FCNClient, tls_credentials
     from keras_fcn.serving.images import decode_image
     from keras_fcn.visualize import class_map_png, overlay
 
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
         raise CommandError(f"no such image file: {', '.join(missing)}")
+    credentials = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+        try:
+            credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        except (ValueError, OSError) as error:
+            raise CommandError(f"TLS files: {error}") from error
+    elif args.tls_server_name:
+        raise CommandError("--tls-server-name needs --tls or --tls-ca")
     os.makedirs(args.output, exist_ok=True)
-    with FCNClient(args.address, args.model, version=args.version, timeout=args.timeout) as client:
+    with FCNClient(
+        args.address,
+        args.model,
+        version=args.version,
+        timeout=args.timeout,
+        credentials=credentials,
+        tls_server_name=args.tls_server_name,
+    ) as client:
         for path in args.images:  # one request each: images of different sizes cannot share one
             try:
                 class_ids = client.predict([path]).class_ids[0]

@@ -72,7 +72,9 @@ class FCNClient:
             `serving_default`.
         timeout: seconds each call may take.
         max_message_bytes: the gRPC message limit both ways (TF Serving allows 1 GiB).
-        credentials: `grpc.ChannelCredentials` for a TLS channel; None: plain text.
+        credentials: `grpc.ChannelCredentials` for a TLS channel (see `tls_credentials`); None: plain text.
+        tls_server_name: the name the server's certificate must carry, when it differs from the
+            host in `address` (e.g. connecting to an IP address); needs `credentials`.
 
     Raises:
         ValueError: on a bad address, timeout, or both a version and a label.
@@ -89,6 +91,7 @@ class FCNClient:
         timeout: float = 30.0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         credentials: grpc.ChannelCredentials | None = None,
+        tls_server_name: str | None = None,
     ):
         if not address or ":" not in address:
             raise ValueError(f"address must be host:port. Received: address={address!r}")
@@ -99,6 +102,8 @@ class FCNClient:
                 f"give a version or a version_label, not both. Received: version={version}, "
                 f"version_label={version_label!r}"
             )
+        if tls_server_name and credentials is None:
+            raise ValueError(f"tls_server_name needs TLS credentials. Received: tls_server_name={tls_server_name!r}")
         self.address, self.model_name = address, model_name
         self.version, self.version_label = version, version_label
         self.encoded, self.timeout = encoded, timeout
@@ -106,6 +111,8 @@ class FCNClient:
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        if tls_server_name:
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
         if credentials is None:
             self._channel = grpc.insecure_channel(address, options=options)
         else:
@@ -186,6 +193,38 @@ class FCNClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def tls_credentials(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials:
+    """Channel credentials for a server started with `--ssl_config_file`.
+
+    Args:
+        ca_file: PEM file of the CA that signed the server's certificate; None: the system's CAs.
+        cert_file: PEM client certificate, for a server with `client_verify: true`.
+        key_file: PEM private key of `cert_file`.
+
+    Returns:
+        `grpc.ChannelCredentials` to pass as `FCNClient(..., credentials=...)`.
+
+    Raises:
+        ValueError: when only one of `cert_file` and `key_file` is given.
+        OSError: when a file cannot be read.
+    """
+    if (cert_file is None) != (key_file is None):
+        raise ValueError(
+            f"a client certificate needs its key and the other way round. Received: cert_file={cert_file!r}, "
+            f"key_file={key_file!r}"
+        )
+
+    def read(path):
+        if path is None:
+            return None
+        with open(path, "rb") as f:
+            return f.read()
+
+    return grpc.ssl_channel_credentials(read(ca_file), read(key_file), read(cert_file))
 
 
 def _encoded(image) -> bytes:

@@ -8,14 +8,15 @@ import grpc
 from tensorflow_serving.apis import get_model_status_pb2
 
 from .errors import ServingError, log
-from .versions import LoadedVersion, ServedModel
+from .versions import LoadedVersion, ServedModel, State
 
 
 class ModelManager:
     """All served models, polled together every `poll_seconds` on a background thread."""
 
-    def __init__(self, configs, poll_seconds: float = 1.0, run_warm_up=None):
-        self._models = {c.name: ServedModel(c) for c in configs}
+    def __init__(self, configs, poll_seconds: float = 1.0, run_warm_up=None, on_load=None):
+        self._on_load = on_load  # passed to each ServedModel: on_load(path, ok, seconds)
+        self._models = {c.name: ServedModel(c, on_load=on_load) for c in configs}
         self._poll_seconds = poll_seconds
         self._run_warm_up = run_warm_up
         self._stop = threading.Event()
@@ -54,9 +55,20 @@ class ModelManager:
                     kept.config = config
                     models[config.name] = kept
                 else:
-                    models[config.name] = ServedModel(config)
+                    models[config.name] = ServedModel(config, on_load=self._on_load)
             self._models = models
         self.poll()
+
+    def configs(self) -> list:
+        """The `ModelConfig`s served now (after the last reload)."""
+        return [model.config for model in list(self._models.values())]
+
+    def version_states(self) -> dict[str, dict[int, str]]:
+        """`{model name: {version: state name}}` of every version each served model has seen."""
+        return {
+            name: {version: State.Name(state) for version, (state, _) in model.states().items()}
+            for name, model in list(self._models.items())
+        }
 
     def model(self, name: str, version: int | None = None) -> ServedModel:
         if not name:

@@ -185,6 +185,7 @@ def make_handler(service):
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "keras-fcn-model-server"
+        status = answered = None  # the error's gRPC code; the version and signature that answered
 
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             log.debug("REST %s", format % args)
@@ -216,6 +217,7 @@ def make_handler(service):
                 else:
                     self._reply(200, status_json(service.status_for(**spec)))
             except ServingError as error:
+                self.status = error.code  # for the request metrics
                 self._reply(HTTP_CODES.get(error.code, 500), {"error": error.message})
             except Exception as error:  # the server stays up and answers whatever the request held
                 log.exception("REST request failed")
@@ -240,8 +242,10 @@ def make_handler(service):
                 signature_name, signature_def, _ = version.signature(body.get("signature_name", ""))
                 inputs, row_format = _parse_inputs(body, signature_def)
                 _, outputs = service.predict_arrays(version, signature_name, inputs)
+                self.answered = (version.version, signature_name)  # for the request metrics
                 self._reply(200, _outputs_json(outputs, row_format))
             except ServingError as error:
+                self.status = error.code  # for the request metrics
                 self._reply(HTTP_CODES.get(error.code, 500), {"error": error.message})
             except Exception as error:  # the server stays up whatever the request held
                 log.exception("REST request failed")

@@ -3,7 +3,9 @@
 It runs where `tensorflow_model_server` cannot be installed (tests, laptops without Docker) and
 answers as TF Serving does: the same protos (`tensorflow_serving.apis`), version folders, status
 codes and JSON. `keras-fcn serve` wraps `ModelServer`; its main flags also take the spelling of
-`tensorflow_model_server` (`--model_base_path`, `--rest_api_port`, ...).
+`tensorflow_model_server` (`--model_base_path`, `--rest_api_port`, ...), and it reads the same
+config files: models (`--model_config_file`, re-read every `--model_config_file_poll_wait_seconds`),
+batching, TLS (`--ssl_config_file`) and monitoring (`--monitoring_config_file`).
 
 Example:
 >>> with ModelServer(model_name="fcn", model_base_path="models/fcn", port=0, rest_port=0) as server:
@@ -25,6 +27,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.apis import model_pb2 as _model_pb2
 
+from . import monitoring, tls
 from . import predict as predict_lib
 from .batching import BatchScheduler
 from .config import (
@@ -34,12 +37,14 @@ from .config import (
     read_model_config_file,
     validate_model_configs,
 )
+from .config_watch import ConfigFileWatcher
 from .errors import MAX_ERROR_CHARS, ServingError, log
+from .grpc_options import MAX_MESSAGE_BYTES, server_options  # noqa: F401 - the limit stays importable here
 from .manager import ModelManager
+from .rest import _PATH as REST_PATH
 from .rest import RestServer, make_handler
 from .versions import DEFAULT_SIGNATURE, LoadedVersion
 
-MAX_MESSAGE_BYTES = 1 << 30  # gRPC message limit both ways: 1 GiB, as TF Serving sets it
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
 
@@ -196,9 +201,18 @@ class ModelServer:
         batching_parameters: a `BatchingParameters` or the path of a text file; None: defaults.
         poll_seconds: how often the base paths are scanned for new versions.
         grpc_threads: worker threads of the gRPC server.
+        model_config_file_poll_wait_seconds: with `model_config_file`, re-read it this often and
+            switch to the models it lists; 0: read once at start (TF Serving's default).
+        grpc_channel_arguments: gRPC server options overriding the defaults, as TF Serving's
+            `key=value,key=value` text or a `{key: value}` mapping.
+        grpc_socket_path: also serve gRPC on this Unix socket (with the same credentials).
+        monitoring_config_file: a `MonitoringConfig` text file; with `prometheus_config { enable: true }`
+            the REST port serves the metrics in Prometheus's format (see `monitoring`).
+        ssl_config_file: an `SSLConfig` text file: TLS on gRPC, optionally requiring client
+            certificates (see `tls`).
 
     Raises:
-        ValueError: on a missing model name/base path or a bad configuration file.
+        ValueError: on a missing model name/base path, a bad configuration file or option.
         RuntimeError: from `start()` when a port cannot be bound.
     """
 
@@ -215,6 +229,11 @@ class ModelServer:
         batching_parameters: BatchingParameters | str | None = None,
         poll_seconds: float = 1.0,
         grpc_threads: int = 16,
+        model_config_file_poll_wait_seconds: float = 0.0,
+        grpc_channel_arguments: str | dict | None = None,
+        grpc_socket_path: str | None = None,
+        monitoring_config_file: str | None = None,
+        ssl_config_file: str | None = None,
     ):
         if model_config_file:
             configs = read_model_config_file(model_config_file)
@@ -231,13 +250,37 @@ class ModelServer:
         self.batching_parameters = (batching_parameters or BatchingParameters()) if enable_batching else None
         self._configs, self._host, self._ports = configs, host, (port, rest_port)
         self._poll_seconds, self._grpc_threads = poll_seconds, grpc_threads
+        if model_config_file_poll_wait_seconds < 0 or (model_config_file_poll_wait_seconds and not model_config_file):
+            raise ValueError(
+                "model_config_file_poll_wait_seconds must be >= 0 and needs model_config_file. "
+                f"Received: model_config_file_poll_wait_seconds={model_config_file_poll_wait_seconds}, "
+                f"model_config_file={model_config_file!r}"
+            )
+        self._config_file, self._config_poll_seconds = model_config_file, model_config_file_poll_wait_seconds
+        self._grpc_options = server_options(grpc_channel_arguments)
+        self.grpc_socket_path = grpc_socket_path or None
+        self.prometheus_path = None
+        if monitoring_config_file:
+            self.prometheus_path = monitoring.read_monitoring_config(monitoring_config_file)
+        if self.prometheus_path and rest_port is None:
+            raise ValueError(
+                "the Prometheus endpoint of monitoring_config_file is served on the REST port: give a rest_port. "
+                f"Received: monitoring_config_file={monitoring_config_file!r}, rest_port=None"
+            )
+        self._ssl_config = tls.read_ssl_config(ssl_config_file) if ssl_config_file else None
+        self.metrics = monitoring.Metrics()
         self.grpc_port = self.rest_port = None
-        self._grpc = self._rest = self._manager = self.scheduler = None
+        self._grpc = self._rest = self._manager = self.scheduler = self._watcher = None
         self._stopped = threading.Event()
 
     @property
     def grpc_address(self) -> str:
         return f"{self._host}:{self.grpc_port}"
+
+    @property
+    def grpc_socket_address(self) -> str | None:
+        """The gRPC target of the Unix socket (`unix:PATH`), or None."""
+        return f"unix:{self.grpc_socket_path}" if self.grpc_socket_path else None
 
     @property
     def rest_address(self) -> str | None:
@@ -251,39 +294,65 @@ class ModelServer:
             self._configs,
             self._poll_seconds,
             run_warm_up=lambda version, request: predict_lib.predict(version, request),
+            on_load=self.metrics.record_load,
         )
         service.manager = self._manager
         self._manager.start()
-        options = [
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ]
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self._grpc_threads), options=options)
+        if self._config_poll_seconds:
+            self._watcher = ConfigFileWatcher(
+                self._config_file, self._config_poll_seconds, self._manager.configs, self._manager.reload
+            ).start()
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self._grpc_threads),
+            options=self._grpc_options,
+            interceptors=[monitoring.RequestMetricsInterceptor(self.metrics)],
+        )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(service), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(service), self._grpc)
-        try:
-            self.grpc_port = self._grpc.add_insecure_port(f"{self._host}:{self._ports[0]}")
-        except RuntimeError as error:
-            self.stop()
-            raise RuntimeError(f"cannot bind gRPC port {self._host}:{self._ports[0]}: {error}") from error
-        if not self.grpc_port:
-            self.stop()
-            raise RuntimeError(f"cannot bind gRPC port {self._host}:{self._ports[0]}")
+        address = f"{self._host}:{self._ports[0]}"
+        self.grpc_port = self._add_grpc_port(address, f"gRPC port {address}")
+        if self.grpc_socket_path:
+            self._add_grpc_port(self.grpc_socket_address, f"gRPC Unix socket {self.grpc_socket_path}")
         self._grpc.start()
-        log.info("Running gRPC ModelServer at %s ...", self.grpc_address)
+        log.info("Running gRPC ModelServer at %s%s ...", self.grpc_address, " (TLS)" if self._ssl_config else "")
+        if self.grpc_socket_path:
+            log.info("Running gRPC ModelServer at UNIX socket %s ...", self.grpc_socket_path)
         if self._ports[1] is not None:
+            handler = make_handler(service)
+            handler = monitoring.monitored_handler(
+                handler, self.metrics, self._manager.version_states, self.prometheus_path, REST_PATH
+            )
             try:
-                self._rest = RestServer((self._host, self._ports[1]), make_handler(service))
+                self._rest = RestServer((self._host, self._ports[1]), handler)
             except OSError as error:
                 self.stop()
                 raise RuntimeError(f"cannot bind REST port {self._host}:{self._ports[1]}: {error}") from error
             self.rest_port = self._rest.server_address[1]
             threading.Thread(target=self._rest.serve_forever, name="rest", daemon=True).start()
             log.info("Exporting HTTP/REST API at:%s ...", self.rest_address)
+            if self.prometheus_path:
+                log.info("Prometheus metrics at %s%s", self.rest_address, self.prometheus_path)
         return self
+
+    def _add_grpc_port(self, address: str, what: str) -> int:
+        """Binds `address` (plain or TLS, as configured); stops the server and raises if it cannot."""
+        try:
+            if self._ssl_config is not None:
+                port = self._grpc.add_secure_port(address, tls.server_credentials(self._ssl_config))
+            else:
+                port = self._grpc.add_insecure_port(address)
+        except RuntimeError as error:
+            self.stop()
+            raise RuntimeError(f"cannot bind {what}: {error}") from error
+        if not port:
+            self.stop()
+            raise RuntimeError(f"cannot bind {what}")
+        return port
 
     def stop(self, grace: float = 2.0) -> None:
         """Stops accepting requests, lets those in flight finish for `grace` seconds, stops polling."""
+        if self._watcher is not None:
+            self._watcher.stop()
         if self._rest is not None:
             self._rest.shutdown()
             self._rest.server_close()

@@ -71,10 +71,11 @@ class LoadedVersion:
 class ServedModel:
     """One model name: the versions its policy asks for, their states, and its version labels."""
 
-    def __init__(self, config, max_num_load_retries: int = MAX_NUM_LOAD_RETRIES):
+    def __init__(self, config, max_num_load_retries: int = MAX_NUM_LOAD_RETRIES, on_load=None):
         self.config = config
         self.name = config.name
         self.max_num_load_retries = max_num_load_retries
+        self._on_load = on_load  # on_load(path, ok, seconds) after each attempt (the load metrics)
         self._versions: dict[int, LoadedVersion] = {}
         self._states: dict[int, tuple[int, str]] = {}  # version -> (State, error message)
         self._failures: dict[int, int] = {}  # version -> failed loads since its folder appeared
@@ -159,12 +160,16 @@ class ServedModel:
             )
             with self._lock:
                 self._states[version] = (State.END, f"{type(error).__name__}: {error}")
+            if self._on_load is not None:
+                self._on_load(path, False, time.monotonic() - started)
             return False
         self._failures.pop(version, None)
         self._identities[version] = identity
         with self._lock:
             self._versions[version] = loaded
             self._states[version] = (State.AVAILABLE, "")
+        if self._on_load is not None:
+            self._on_load(path, True, time.monotonic() - started)
         log.info(
             "Successfully loaded servable version {name: %s version: %d} in %.1f s (%d warm-up requests)",
             self.name,
