@@ -7,6 +7,9 @@
   (row format, answered with `predictions`) or `{"inputs": ...}` (columnar, answered with `outputs`).
   Binary values travel as `{"b64": "..."}`; string outputs whose alias ends in `_bytes` come back so.
 Errors are `{"error": message}` with the HTTP code of the gRPC status.
+
+Beside these, `GET /` serves a page that tries the model in a browser and `GET /v1/keras_fcn/...` the
+small extension it reads (see `page.py`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
+from . import page
 from .errors import ServingError, log
 from .versions import State
 
@@ -190,10 +194,14 @@ def make_handler(service):
             log.debug("REST %s", format % args)
 
         def _reply(self, code: int, body: dict) -> None:
-            data = json.dumps(body).encode("utf-8")
+            self._send(code, "application/json", json.dumps(body).encode("utf-8"))
+
+        def _send(self, code: int, content_type: str, data: bytes, headers: dict | None = None) -> None:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -208,6 +216,15 @@ def make_handler(service):
 
         def do_GET(self):  # noqa: N802 - http.server's name
             try:
+                path = self.path.split("?")[0]
+                file = page.static_file(path)
+                if file is not None:
+                    self._send(200, *file, page.STATIC_HEADERS)
+                    return
+                extension = page.extension_json(service, path)
+                if extension is not None:
+                    self._reply(200, extension)
+                    return
                 match, spec = self._route("GET")
                 if match["verb"]:
                     raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: GET {self.path}")
