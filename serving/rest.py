@@ -18,6 +18,8 @@ import base64
 import http.server
 import json
 import re
+import socket
+import threading
 
 import grpc
 import numpy as np
@@ -268,5 +270,34 @@ def make_handler(service):
 
 
 class RestServer(http.server.ThreadingHTTPServer):
+    """The threaded HTTP server. `server_close` also shuts the reading side of the connections still
+    open: browsers keep connections alive between requests, which a stopped server would otherwise go
+    on answering; a reply being written still goes out."""
+
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, *args, **kwargs):
+        self._open = set()
+        self._open_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self):
+        super().server_close()
+        with self._open_lock:
+            connections, self._open = list(self._open), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RD)
+            except OSError:  # already closed by its client
+                pass
