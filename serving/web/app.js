@@ -48,7 +48,8 @@ async function call(path, options) {
     body = null;
   }
   if (!response.ok) {
-    const why = body && body.error ? body.error : `HTTP ${response.status} ${response.statusText}`;
+    let why = body && body.error ? body.error : `HTTP ${response.status} ${response.statusText}`;
+    why = why.replace(/^assertion failed: \[([\s\S]*)\]$/, "$1"); // tf.debugging.Assert's wrapping
     throw new PageError(`The server refused the request: ${why}`);
   }
   return body;
@@ -85,6 +86,15 @@ function currentModel() {
 
 function modelPath(name, version) {
   return `/models/${encodeURIComponent(name)}/versions/${version}`;
+}
+
+// The legend of the chosen version before any image is sent.
+async function showClasses() {
+  const model = currentModel();
+  const info = await call(`${API}/keras_fcn${modelPath(model.name, $("version").value || model.versions[0])}`);
+  if (state.classMap) return; // an answer arrived meanwhile and drew its own legend
+  state.info = info;
+  fillLegend();
 }
 
 // Sends the image to the chosen model and version, then draws the answer.
@@ -157,6 +167,8 @@ async function openFile(file) {
   state.bitmap = bitmap;
   state.b64 = bytesBase64(sent);
   state.classMap = null;
+  hidePointer();
+  if (state.info) fillLegend(); // no shares until the new answer
   const view = $("view");
   view.width = bitmap.width;
   view.height = bitmap.height;
@@ -317,8 +329,9 @@ function drawView() {
   }
 }
 
+// The classes of `state.info`, those of the class map first with their share of its pixels.
 function fillLegend() {
-  const { ids } = state.classMap;
+  const ids = state.classMap ? state.classMap.ids : [];
   const names = state.info.class_names;
   const counts = new Array(names.length).fill(0);
   for (const k of ids) if (k < counts.length) counts[k]++;
@@ -326,7 +339,7 @@ function fillLegend() {
   const items = order.map((k) => {
     const item = document.createElement("li");
     item.dataset.class = String(k);
-    item.classList.toggle("absent", counts[k] === 0);
+    item.classList.toggle("absent", ids.length > 0 && counts[k] === 0);
     const swatch = document.createElement("span");
     swatch.className = "swatch";
     swatch.style.background = `rgb(${classColour(k).join(",")})`;
@@ -367,6 +380,11 @@ function hidePointer() {
 
 // --- wiring -------------------------------------------------------------------------------------
 
+function pickerChanged() {
+  if (state.b64) segment();
+  else showClasses().catch((error) => showError(error.message));
+}
+
 function start() {
   $("file").addEventListener("change", (event) => {
     if (event.target.files.length) openFile(event.target.files[0]);
@@ -394,12 +412,13 @@ function start() {
   });
   $("model").addEventListener("change", () => {
     fillVersions();
-    segment();
+    pickerChanged();
   });
-  $("version").addEventListener("change", segment);
+  $("version").addEventListener("change", pickerChanged);
   $("view").addEventListener("mousemove", showPointer);
   $("view").addEventListener("mouseleave", hidePointer);
   loadModels()
+    .then(showClasses)
     .then(() => {
       const model = currentModel();
       $("meta").textContent = `Serving ${model.name} (version ${model.versions.join(", ")}). Choose an image.`;
