@@ -172,12 +172,9 @@ async function openFile(file) {
   const view = $("view");
   view.width = bitmap.width;
   view.height = bitmap.height;
-  // Small images are enlarged by a whole factor, pixels kept square, so the class map stays readable.
-  const scale = Math.max(1, Math.floor(480 / Math.max(bitmap.width, bitmap.height)));
-  view.style.width = `${bitmap.width * scale}px`;
-  view.classList.toggle("pixelated", scale > 1);
   view.hidden = false;
   $("drop-hint").hidden = true;
+  fitView();
   drawView();
   await segment();
 }
@@ -317,6 +314,17 @@ function drawClassMap() {
   context.putImageData(pixels, 0, 0);
 }
 
+// The image as large as the stage allows (at most 8 times its size); enlarged pixels stay sharp.
+function fitView() {
+  if (!state.bitmap) return;
+  const drop = $("drop");
+  const style = getComputedStyle(drop);
+  const room = drop.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+  const scale = Math.min(room / state.bitmap.width, (0.6 * window.innerHeight) / state.bitmap.height, 8);
+  $("view").style.width = `${Math.floor(state.bitmap.width * scale)}px`;
+  $("view").classList.toggle("pixelated", scale >= 2);
+}
+
 function drawView() {
   if (!state.bitmap) return;
   const context = $("view").getContext("2d");
@@ -415,6 +423,7 @@ function start() {
     pickerChanged();
   });
   $("version").addEventListener("change", pickerChanged);
+  window.addEventListener("resize", fitView);
   $("view").addEventListener("mousemove", showPointer);
   $("view").addEventListener("mouseleave", hidePointer);
   loadModels()
