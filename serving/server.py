@@ -280,6 +280,7 @@ class ModelServer:
             self.rest_port = self._rest.server_address[1]
             threading.Thread(target=self._rest.serve_forever, name="rest", daemon=True).start()
             log.info("Exporting HTTP/REST API at:%s ...", self.rest_address)
+            log.info("A page to try the served models: %s/", self.rest_address)
         return self
 
     def stop(self, grace: float = 2.0) -> None:

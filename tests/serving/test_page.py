@@ -12,6 +12,7 @@ import io
 import json
 import os
 import shutil
+import urllib.error
 import urllib.request
 
 import numpy as np
@@ -152,6 +153,14 @@ def test_extension_lists_models_and_class_colours(server):
     assert info["name"] == "fcn" and info["version"] == "1" and info["class_names"] == NAMES[1]
     assert {"serving_default", "serve_encoded", "serve_png"} <= set(info["signatures"])
     assert info["colors"] == colorize(np.arange(3)).tolist()
+    for path, message in (
+        ("/v1/keras_fcn/models/nope", "Servable not found for request: Latest(nope)"),
+        ("/v1/keras_fcn/models/fcn/versions/7", "Servable not found for request: Specific(fcn, 7)"),
+        ("/v1/keras_fcn/other", "Malformed request: GET /v1/keras_fcn/other"),
+    ):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(server.rest_address + path, timeout=30)
+        assert refused.value.code == 404 and json.load(refused.value) == {"error": message}
     with urllib.request.urlopen(server.rest_address + "/", timeout=30) as reply:
         assert reply.headers["Content-Type"].startswith("text/html")
         assert "default-src 'self'" in reply.headers["Content-Security-Policy"]
