@@ -44,7 +44,7 @@ WAIT_SECONDS = 120
 
 @pytest.fixture(scope="module")
 def base_path(tmp_path_factory):
-    """Two versions of model `fcn` with different classes; returns (models config, {version: model})."""
+    """Two versions with different classes, served as two models; returns (models config, {version: model})."""
     folder = tmp_path_factory.mktemp("page")
     base = str(folder / "fcn")
     models = {}
@@ -54,11 +54,13 @@ def base_path(tmp_path_factory):
             model, base, version=version, class_names=names, max_decoded_pixels=PIXEL_LIMIT, verbose=False
         )
         models[version] = model
+    # Two models for the pickers: `fcn` serves both versions, `first` only version 1.
     config = folder / "models.config"
-    config.write_text(
-        f'model_config_list {{ config {{ name: "fcn" base_path: "{base}" model_platform: "tensorflow" '
-        "model_version_policy { all {} } } }\n"
-    )
+    entries = [
+        f'config {{ name: "{name}" base_path: "{base}" model_version_policy {{ {policy} }} }}'
+        for name, policy in (("fcn", "all {}"), ("first", "specific { versions: 1 }"))
+    ]
+    config.write_text(f"model_config_list {{ {' '.join(entries)} }}\n")
     return str(config), models
 
 
@@ -116,20 +118,20 @@ def save_screenshot(browser, tmp_path, name: str) -> str:
     return path
 
 
-def grpc_class_map(server, image_png: bytes, version: int) -> np.ndarray:
-    with FCNClient(server.grpc_address, "fcn", version=version) as client:
+def grpc_class_map(server, image_png: bytes, version: int, model: str = "fcn") -> np.ndarray:
+    with FCNClient(server.grpc_address, model, version=version) as client:
         answer = client.predict([image_png])
     assert answer.model_version == version
     return answer.class_ids[0]
 
 
-def check_drawing(browser, image: np.ndarray, class_ids: np.ndarray, opacity: float) -> None:
-    """The class-map canvas holds the palette colour of each class (class 0 left clear); the visible
-    canvas is the image with those colours blended in at the slider's opacity."""
+def check_drawing(browser, image: np.ndarray, class_ids: np.ndarray, opacity: float, zero: bool = False) -> None:
+    """The class-map canvas holds the palette colour of each class (class 0 left clear unless `zero`);
+    the visible canvas is the image with those colours blended in at the slider's opacity."""
     palette = colorize(np.arange(class_ids.max() + 1))  # keras_fcn's colours, independent of the page
     drawn = canvas_pixels(browser, "classmap")
     assert drawn.shape[:2] == class_ids.shape
-    painted = class_ids != 0
+    painted = (class_ids != 0) | zero
     np.testing.assert_array_equal(drawn[..., 3], np.where(painted, 255, 0))
     np.testing.assert_array_equal(drawn[painted][:, :3], palette[class_ids][painted])
     view = canvas_pixels(browser, "view")[..., :3].astype(np.float64)
@@ -147,7 +149,9 @@ def legend(browser) -> dict[str, bool]:
 
 def test_extension_lists_models_and_class_colours(server):
     with urllib.request.urlopen(server.rest_address + "/v1/keras_fcn/models", timeout=30) as reply:
-        assert json.load(reply) == {"models": [{"name": "fcn", "versions": ["2", "1"]}]}
+        assert json.load(reply) == {
+            "models": [{"name": "fcn", "versions": ["2", "1"]}, {"name": "first", "versions": ["1"]}]
+        }
     with urllib.request.urlopen(server.rest_address + "/v1/keras_fcn/models/fcn/versions/1", timeout=30) as reply:
         info = json.load(reply)
     assert info["name"] == "fcn" and info["version"] == "1" and info["class_names"] == NAMES[1]
@@ -171,7 +175,8 @@ def test_page_draws_the_class_map_grpc_returns(server, browser, tmp_path):
     versions = Select(browser.find_element(By.ID, "version"))
     assert [o.text for o in versions.options] == ["latest (2)", "2", "1"]
     assert browser.find_element(By.ID, "version-picker").is_displayed()
-    assert not browser.find_element(By.ID, "model-picker").is_displayed()  # one model: no picker
+    models = Select(browser.find_element(By.ID, "model"))
+    assert [o.text for o in models.options] == ["fcn", "first"]
 
     image = random_images(1, 40, 56, seed=3)[0]
     path = tmp_path / "street.png"
@@ -192,6 +197,17 @@ def test_page_draws_the_class_map_grpc_returns(server, browser, tmp_path):
     assert pointer.text == f"({x}, {y}): {NAMES[2][class_ids[y, x]]}"
     save_screenshot(browser, tmp_path, "page_overlay.png")
 
+    # Class 0 painted too, at another opacity.
+    browser.find_element(By.ID, "background").click()
+    browser.execute_script(
+        "const s = document.getElementById('opacity'); s.value = 25; s.dispatchEvent(new Event('input'))"
+    )
+    check_drawing(browser, image, class_ids, opacity=0.25, zero=True)
+    browser.find_element(By.ID, "background").click()
+    browser.execute_script(
+        "const s = document.getElementById('opacity'); s.value = 60; s.dispatchEvent(new Event('input'))"
+    )
+
     # Another version from the picker: the same image is sent again, to version 1 with its own classes.
     browser.execute_script("document.body.dataset.state = 'sent'")
     versions.select_by_value("1")
@@ -201,6 +217,14 @@ def test_page_draws_the_class_map_grpc_returns(server, browser, tmp_path):
     assert legend(browser) == {name: k in class_ids for k, name in enumerate(NAMES[1])}
     assert browser.find_element(By.ID, "meta").text.startswith("fcn, version 1 (serve_png)")
 
+    # Another model: `first` serves one version, so its version picker is hidden.
+    browser.execute_script("document.body.dataset.state = 'sent'")
+    models.select_by_value("first")
+    assert wait_for_state(browser, {"done", "error"}) == "done", browser.find_element(By.ID, "error").text
+    assert not browser.find_element(By.ID, "version-picker").is_displayed()
+    assert browser.find_element(By.ID, "meta").text.startswith("first, version 1 (serve_png)")
+    check_drawing(browser, image, grpc_class_map(server, path.read_bytes(), version=1, model="first"), opacity=0.6)
+
 
 def test_page_errors_are_readable(server, browser, tmp_path):
     open_page(browser, server)
@@ -209,6 +233,16 @@ def test_page_errors_are_readable(server, browser, tmp_path):
     assert upload(browser, notes) == "error"
     error = browser.find_element(By.ID, "error")
     assert error.is_displayed() and "notes.txt is not an image" in error.text
+
+    # The same refusal for a file dropped on the page (a drop event carrying the file).
+    browser.execute_script(
+        """document.body.dataset.state = 'sent';
+        const files = new DataTransfer();
+        files.items.add(new File(['plain text'], 'dropped.txt', {type: 'text/plain'}));
+        document.getElementById('drop').dispatchEvent(new DragEvent('drop', {dataTransfer: files}));"""
+    )
+    assert wait_for_state(browser, {"done", "error"}) == "error"
+    assert "dropped.txt is not an image" in error.text
 
     large = tmp_path / "large.png"
     large.write_bytes(encode_png(random_images(1, 72, 72)[0]))  # 5184 pixels, over the limit
