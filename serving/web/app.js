@@ -186,8 +186,16 @@ function imageKind(bytes) {
   return null;
 }
 
-// The EXIF orientation of a JPEG (1 = as stored), read from its APP1 segment.
+// The EXIF orientation of a JPEG (1 = as stored, also when unreadable), read from its APP1 segment.
 function jpegOrientation(bytes) {
+  try {
+    return exifOrientation(bytes);
+  } catch (error) {
+    return 1; // a truncated or odd header: the bytes go as they are
+  }
+}
+
+function exifOrientation(bytes) {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   let offset = 2;
   while (offset + 4 <= bytes.length && bytes[offset] === 0xff) {

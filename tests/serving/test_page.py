@@ -226,6 +226,20 @@ def test_page_draws_the_class_map_grpc_returns(server, browser, tmp_path):
     check_drawing(browser, image, grpc_class_map(server, path.read_bytes(), version=1, model="first"), opacity=0.6)
 
 
+def test_page_sends_a_rotated_jpeg_as_shown(server, browser, tmp_path):
+    # EXIF orientation 6: shown turned a quarter, which TensorFlow's decoder ignores; the page sends the
+    # pixels it shows, so the class map fits the picture on screen.
+    open_page(browser, server)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "phone.jpg"
+    Image.fromarray(random_images(1, 24, 40, seed=5)[0]).save(path, exif=exif.tobytes())
+    assert upload(browser, path) == "done", browser.find_element(By.ID, "error").text
+    assert "40×24 px" not in browser.find_element(By.ID, "meta").text
+    assert "24×40 px" in browser.find_element(By.ID, "meta").text  # width 24, height 40 once turned
+    assert canvas_pixels(browser, "classmap").shape[:2] == (40, 24)
+
+
 def test_page_errors_are_readable(server, browser, tmp_path):
     open_page(browser, server)
     notes = tmp_path / "notes.txt"
