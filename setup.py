@@ -18,7 +18,9 @@ setup(
     package_dir={"keras_fcn.serving": "serving"},
     # The TF Serving deployment files travel with the serving package.
     package_data={
-        "keras_fcn.serving": ["models.config", "batching_parameters.txt", "docker-compose.yml"],
+        "keras_fcn.serving": ["models.config", "batching_parameters.txt", "docker-compose.yml"]
+        # the page `keras-fcn serve` shows at / of its REST port: plain files, no build step
+        + ["web/index.html", "web/app.js", "web/style.css"],
         # the reference's seg11valid split list (PASCAL VOC image ids)
         "keras_fcn.data": ["seg11valid.txt"],
     },
@@ -50,6 +52,8 @@ setup(
             # serving tests: throwaway TLS certificates, and Prometheus's own parser of the metrics page
             "cryptography>=42",
             "prometheus-client>=0.20",
+            # the served page is tested in Debian's headless chromium (chromium, chromium-driver)
+            "selenium>=4.20",
         ],
     },
     entry_points={"console_scripts": ["keras-fcn=keras_fcn.cli:main"]},

@@ -6,6 +6,9 @@
   `probabilities` float32 `(N, H, W, C)`.
 - `serve_encoded`: `image_bytes` string `(N,)` of JPEG or PNG -> `class_ids`, `probabilities` and
   `class_map_png_bytes` string `(N,)` (one PNG of the class ids per image).
+- `serve_png`: `image_bytes` -> `class_map_png_bytes` only. REST has no `output_filter`, so a REST
+  call gets every output of its signature: this one answers a few kB where `serve_encoded` answers
+  megabytes of JSON probabilities.
 - `assets.extra/class_names.txt` (one name a line) and `assets.extra/tf_serving_warmup_requests`
   (a TFRecord of `PredictionLog`, replayed by TF Serving before it marks the version AVAILABLE).
 
@@ -25,11 +28,12 @@ import numpy as np
 
 SERVING_DEFAULT = "serving_default"
 SERVE_ENCODED = "serve_encoded"
+SERVE_PNG = "serve_png"
 # Folder TF Serving leaves to the model owner; files in it are ignored by the SavedModel loader.
 ASSETS_EXTRA = "assets.extra"
 CLASS_NAMES_FILE = "class_names.txt"
 WARMUP_FILE = "tf_serving_warmup_requests"
-# Decoded pixels allowed in one `serve_encoded` request (all images together): a 20 kB PNG can
+# Decoded pixels allowed in one `serve_encoded` or `serve_png` request (all images together): a 20 kB PNG can
 # claim 50000x50000 pixels, so sizes are read from the headers and checked before decoding.
 DEFAULT_MAX_DECODED_PIXELS = 1 << 25  # 33.5 M pixels, e.g. 8 images of 2048x2048
 # Largest |probability difference| the reload-and-compare check accepts (float32, 16-bit models).
@@ -46,8 +50,8 @@ class ExportResult:
         path: the version folder, `base_path/<version>`.
         version: the version number.
         max_abs_difference: largest |probability difference| between the reloaded SavedModel
-            (both signatures) and the Keras model on the probe image.
-        class_agreement: fraction of probe pixels whose class id agrees.
+            (`serving_default`, `serve_encoded`) and the Keras model on the probe image.
+        class_agreement: fraction of probe pixels whose class id agrees (worst of the three signatures).
     """
 
     path: str
@@ -90,15 +94,16 @@ def read_class_names(version_path: str) -> list[str] | None:
 
 
 def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS) -> dict:
-    """The two serving `tf.function`s around `model`, keyed by signature name.
+    """The serving `tf.function`s around `model`, keyed by signature name.
 
     Args:
         model: a Keras model with input `images` (N, H, W, 3) RGB 0..255 and output logits
             (N, H, W, C).
-        max_decoded_pixels: the most pixels `serve_encoded` decodes in one request.
+        max_decoded_pixels: the most pixels `serve_encoded` and `serve_png` decode in one request.
 
     Returns:
-        `{"serving_default": fn(images), "serve_encoded": fn(image_bytes)}` with input signatures.
+        `{"serving_default": fn(images), "serve_encoded": fn(image_bytes), "serve_png": fn(image_bytes)}`
+        with input signatures.
     """
     import tensorflow as tf
 
@@ -137,8 +142,8 @@ def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED
                 ),
             )
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    def serve_encoded(image_bytes):
+    def decode(image_bytes):
+        # Sizes and the pixel limit are checked from the headers before anything is decoded.
         count = tf.debugging.Assert(
             tf.size(image_bytes) > 0, ["image_bytes must hold at least one image; received none"]
         )
@@ -159,20 +164,33 @@ def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED
             ],
         )
         with tf.control_dependencies([same, small]):
-            images = tf.map_fn(
+            return tf.map_fn(
                 lambda data: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
                 image_bytes,
                 fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
             )  # (N, H, W, 3)
-        outputs = predict(images)
-        outputs["class_map_png_bytes"] = tf.map_fn(
+
+    def class_map_pngs(class_ids):
+        return tf.map_fn(
             lambda ids: tf.io.encode_png(tf.cast(ids, png_dtype)[..., None]),
-            outputs["class_ids"],
+            class_ids,
             fn_output_signature=tf.TensorSpec([], tf.string),
-        )
+        )  # (N,)
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_encoded(image_bytes):
+        outputs = predict(decode(image_bytes))
+        outputs["class_map_png_bytes"] = class_map_pngs(outputs["class_ids"])
         return outputs
 
-    return {SERVING_DEFAULT: serving_default, SERVE_ENCODED: serve_encoded}
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    def serve_png(image_bytes):
+        # The argmax of the logits, as `predict` takes it: no softmax computed for nothing.
+        logits = model(tf.cast(decode(image_bytes), tf.float32), training=False)
+        class_ids = tf.argmax(tf.cast(logits, tf.float32), axis=-1, output_type=tf.int32)
+        return {"class_map_png_bytes": class_map_pngs(class_ids)}
+
+    return {SERVING_DEFAULT: serving_default, SERVE_ENCODED: serve_encoded, SERVE_PNG: serve_png}
 
 
 def export_saved_model(
@@ -193,7 +211,7 @@ def export_saved_model(
         base_path: the model's base path, holding one numeric folder per version.
         version: the version number; None picks the next one (1 for an empty base path).
         class_names: C names stored in `assets.extra/class_names.txt`; None writes `class_0`, ...
-        max_decoded_pixels: the most pixels `serve_encoded` decodes in one request.
+        max_decoded_pixels: the most pixels `serve_encoded` and `serve_png` decode in one request.
         probe_size: (height, width) of the random probe image used for the warm-up requests and
             the reload-and-compare check.
         tolerance: the largest |probability difference| between the reloaded SavedModel and the
@@ -349,9 +367,10 @@ def write_warmup_requests(path: str, probe: np.ndarray, probe_png: bytes) -> Non
     requests = [
         predict_pb2.PredictRequest(inputs={"images": tf.make_tensor_proto(probe)}),
         predict_pb2.PredictRequest(inputs={"image_bytes": tf.make_tensor_proto([probe_png])}),
+        predict_pb2.PredictRequest(inputs={"image_bytes": tf.make_tensor_proto([probe_png])}),
     ]
-    requests[0].model_spec.signature_name = SERVING_DEFAULT
-    requests[1].model_spec.signature_name = SERVE_ENCODED
+    for request, name in zip(requests, (SERVING_DEFAULT, SERVE_ENCODED, SERVE_PNG), strict=True):
+        request.model_spec.signature_name = name
     with tf.io.TFRecordWriter(path) as writer:
         for request in requests:
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
@@ -359,7 +378,7 @@ def write_warmup_requests(path: str, probe: np.ndarray, probe_png: bytes) -> Non
 
 
 def _compare_with_model(path: str, model, probe: np.ndarray, probe_png: bytes) -> tuple[float, float]:
-    """Reloads the SavedModel at `path`; compares both signatures with a numpy softmax of the model."""
+    """Reloads the SavedModel at `path`; compares every signature with a numpy softmax of the model."""
     import tensorflow as tf
 
     expected = softmax(model(probe.astype(np.float32), training=False))
@@ -369,5 +388,10 @@ def _compare_with_model(path: str, model, probe: np.ndarray, probe_png: bytes) -
         loaded.signatures[SERVE_ENCODED](image_bytes=tf.constant([probe_png])),
     ]
     difference = max(float(np.abs(a["probabilities"].numpy() - expected).max()) for a in answers)
-    agreement = min(float(np.mean(a["class_ids"].numpy() == expected.argmax(-1))) for a in answers)
+    class_maps = [a["class_ids"].numpy() for a in answers]
+    png = loaded.signatures[SERVE_PNG](image_bytes=tf.constant([probe_png]))["class_map_png_bytes"]
+    # decode_png rescales 8-bit images read as 16-bit: read each at the depth it was written with.
+    depth = tf.uint8 if expected.shape[-1] <= 256 else tf.uint16
+    class_maps.append(tf.io.decode_png(png[0], dtype=depth)[None, ..., 0].numpy())
+    agreement = min(float(np.mean(ids == expected.argmax(-1))) for ids in class_maps)
     return difference, agreement

@@ -79,6 +79,10 @@ class ModelManager:
             raise ServingError(grpc.StatusCode.NOT_FOUND, f"Servable not found for request: {request}")
         return model
 
+    def available(self) -> dict[str, list[int]]:
+        """`{model name: loaded version numbers, newest first}` of every served model."""
+        return {name: model.available_versions() for name, model in list(self._models.items())}
+
     def resolve(self, model_spec) -> LoadedVersion:
         """The LoadedVersion a `ModelSpec` names (version, version_label or latest)."""
         version = model_spec.version.value if model_spec.HasField("version") else None

@@ -7,6 +7,9 @@
   (row format, answered with `predictions`) or `{"inputs": ...}` (columnar, answered with `outputs`).
   Binary values travel as `{"b64": "..."}`; string outputs whose alias ends in `_bytes` come back so.
 Errors are `{"error": message}` with the HTTP code of the gRPC status.
+
+Beside these, `GET /` serves a page that tries the model in a browser and `GET /v1/keras_fcn/...` the
+small extension it reads (see `page.py`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,15 @@ import base64
 import http.server
 import json
 import re
+import socket
+import threading
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
+from . import page
 from .errors import ServingError, log
 from .versions import State
 
@@ -191,10 +197,14 @@ def make_handler(service):
             log.debug("REST %s", format % args)
 
         def _reply(self, code: int, body: dict) -> None:
-            data = json.dumps(body).encode("utf-8")
+            self._send(code, "application/json", json.dumps(body).encode("utf-8"))
+
+        def _send(self, code: int, content_type: str, data: bytes, headers: dict | None = None) -> None:
             self.send_response(code)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -209,6 +219,15 @@ def make_handler(service):
 
         def do_GET(self):  # noqa: N802 - http.server's name
             try:
+                path = self.path.split("?")[0]
+                file = page.static_file(path)
+                if file is not None:
+                    self._send(200, *file, page.STATIC_HEADERS)
+                    return
+                extension = page.extension_json(service, path)
+                if extension is not None:
+                    self._reply(200, extension)
+                    return
                 match, spec = self._route("GET")
                 if match["verb"]:
                     raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: GET {self.path}")
@@ -255,5 +274,34 @@ def make_handler(service):
 
 
 class RestServer(http.server.ThreadingHTTPServer):
+    """The threaded HTTP server. `server_close` also shuts the reading side of the connections still
+    open: browsers keep connections alive between requests, which a stopped server would otherwise go
+    on answering; a reply being written still goes out."""
+
     daemon_threads = True
     allow_reuse_address = True
+
+    def __init__(self, *args, **kwargs):
+        self._open = set()
+        self._open_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
+
+    def process_request(self, request, client_address):
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request):
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def server_close(self):
+        super().server_close()
+        with self._open_lock:
+            connections, self._open = list(self._open), set()
+        for connection in connections:
+            try:
+                connection.shutdown(socket.SHUT_RD)
+            except OSError:  # already closed by its client
+                pass

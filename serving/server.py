@@ -332,6 +332,7 @@ class ModelServer:
             log.info("Exporting HTTP/REST API at:%s ...", self.rest_address)
             if self.prometheus_path:
                 log.info("Prometheus metrics at %s%s", self.rest_address, self.prometheus_path)
+            log.info("A page to try the served models: %s/", self.rest_address)
         return self
 
     def _add_grpc_port(self, address: str, what: str) -> int:

@@ -16,7 +16,7 @@ import tensorflow as tf
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 
-from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, version_folders
+from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, read_class_names, version_folders
 
 from .errors import ServingError, log
 
@@ -44,6 +44,7 @@ class LoadedVersion:
     def __init__(self, model_name: str, version: int, path: str):
         self.model_name, self.version, self.path = model_name, version, path
         self.signature_defs = read_signature_defs(path)
+        self.class_names = read_class_names(path)  # None when the export has no assets.extra/class_names.txt
         self._saved_model = tf.saved_model.load(path)
         self.functions = dict(self._saved_model.signatures)
 
@@ -209,6 +210,11 @@ class ServedModel:
                     f"Servable not found for request: Specific({self.name}, {version})",
                 )
             return self._versions[version]
+
+    def available_versions(self) -> list[int]:
+        """The loaded version numbers, newest first."""
+        with self._lock:
+            return sorted(self._versions, reverse=True)
 
     def states(self) -> dict[int, tuple[int, str]]:
         with self._lock:

@@ -159,6 +159,17 @@ def test_serve_encoded_matches_and_returns_class_map_pngs(exported):
     np.testing.assert_array_equal(np.stack(maps), expected.argmax(-1))
 
 
+def test_serve_png_answers_only_the_class_map(exported):
+    model, _, loaded = exported
+    function = loaded.signatures["serve_png"]
+    assert set(function.structured_outputs) == {"class_map_png_bytes"}
+    batch = images(2, 27, 33, seed=4)
+    answer = function(image_bytes=tf.constant([png(x) for x in batch]))
+    maps = [np.asarray(Image.open(io.BytesIO(data))) for data in answer["class_map_png_bytes"].numpy()]
+    expected = np.asarray(model(batch.astype(np.float32))).argmax(-1)
+    np.testing.assert_array_equal(np.stack(maps), expected)
+
+
 def _fake_png(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
@@ -174,10 +185,11 @@ def _fake_png(width: int, height: int) -> bytes:
     ],
     ids=["sizes", "pixels", "format", "none"],
 )
-def test_serve_encoded_refusals(exported, payload, message):
+@pytest.mark.parametrize("signature", ["serve_encoded", "serve_png"])
+def test_encoded_signatures_refusals(exported, signature, payload, message):
     _, _, loaded = exported
     with pytest.raises(tf.errors.InvalidArgumentError, match=message):
-        loaded.signatures["serve_encoded"](image_bytes=tf.constant(payload, dtype=tf.string))
+        loaded.signatures[signature](image_bytes=tf.constant(payload, dtype=tf.string))
 
 
 def test_pixel_limit_and_16_bit_class_maps(tmp_path):
@@ -193,18 +205,21 @@ def test_pixel_limit_and_16_bit_class_maps(tmp_path):
     np.testing.assert_array_equal(np.asarray(class_map), answer["class_ids"].numpy()[0])
     expected = softmax(model(batch.astype(np.float32))).argmax(-1)
     np.testing.assert_array_equal(answer["class_ids"].numpy(), expected)
+    only_map = loaded.signatures["serve_png"](image_bytes=tf.constant([png(batch[0])]))["class_map_png_bytes"]
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(only_map.numpy()[0])))[None], expected)
 
 
 def test_warmup_requests_replay(exported):
     _, result, loaded = exported
     path = os.path.join(result.path, "assets.extra", "tf_serving_warmup_requests")
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
-    assert {log.predict_log.request.model_spec.signature_name for log in logs} == {"serving_default", "serve_encoded"}
+    names = [log.predict_log.request.model_spec.signature_name for log in logs]
+    assert sorted(names) == ["serve_encoded", "serve_png", "serving_default"]
     for log in logs:
         request = log.predict_log.request
         inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
         outputs = loaded.signatures[request.model_spec.signature_name](**inputs)
-        assert outputs["probabilities"].shape[-1] == 5
+        assert outputs["class_map_png_bytes" if "image_bytes" in inputs else "probabilities"].shape[0] == 1
 
 
 def test_mixed_precision_outputs_stay_float32(tmp_path):
@@ -225,6 +240,7 @@ def test_saved_model_cli_shows_the_signatures(exported):
     for text in (
         "signature_def['serving_default']",
         "signature_def['serve_encoded']",
+        "signature_def['serve_png']",
         "inputs['image_bytes']",
         "outputs['class_map_png_bytes']",
         "dtype: DT_UINT8",
