@@ -1,4 +1,8 @@
-"""Predict: a request's tensors through one signature of one loaded version, as TF Serving runs it."""
+"""Predict: a request's tensors through one signature of one loaded version, as TF Serving runs it.
+
+Any signature runs (predict, classify or regress method), as TF Serving's Predict does by default
+(its `--enable_signature_method_name_check` is off).
+"""
 
 from __future__ import annotations
 
@@ -11,20 +15,18 @@ from .inputs import check_inputs, check_output_filter
 from .tensors import from_tensor_proto, to_tensor_proto
 from .versions import LoadedVersion
 
-PREDICT_METHOD = "tensorflow/serving/predict"
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 
 
 def run_signature(function, inputs: dict) -> dict:
-    """Calls a signature function on numpy inputs; TF runtime errors keep their status code."""
+    """Calls a signature (`signatures.load_signatures`) on numpy inputs; TF errors keep their status code."""
     try:
-        outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+        return function(**inputs)
     except tf.errors.OpError as error:
         code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL)
         raise ServingError(code, clean_tf_message(error.message)) from error
     except (TypeError, ValueError) as error:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-    return {alias: value.numpy() for alias, value in outputs.items()}
 
 
 def predict_arrays(version: LoadedVersion, signature_name: str, inputs: dict, output_filter=(), run=run_signature):
@@ -33,12 +35,7 @@ def predict_arrays(version: LoadedVersion, signature_name: str, inputs: dict, ou
     `run(function, inputs)` makes the call (the batching scheduler passes its own).
     """
     name, signature_def, function = version.signature(signature_name)
-    if signature_def.method_name != PREDICT_METHOD:
-        raise ServingError(
-            grpc.StatusCode.INTERNAL,
-            f"Expected prediction signature method_name to be {PREDICT_METHOD}. Was: {signature_def.method_name}",
-        )
-    check_inputs(signature_def, inputs)
+    inputs = check_inputs(signature_def, inputs)
     aliases = check_output_filter(signature_def, output_filter)
     outputs = run(function, inputs)
     return name, {alias: outputs[alias] for alias in aliases}

@@ -25,7 +25,10 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.apis import model_pb2 as _model_pb2
 
+from . import classify as classify_lib
+from . import multi_inference as multi_inference_lib
 from . import predict as predict_lib
+from . import regress as regress_lib
 from .batching import BatchScheduler
 from .config import (
     BatchingParameters,
@@ -37,11 +40,16 @@ from .config import (
 from .errors import MAX_ERROR_CHARS, ServingError, log
 from .manager import ModelManager
 from .rest import RestServer, make_handler
-from .versions import DEFAULT_SIGNATURE, LoadedVersion
+from .versions import LoadedVersion
 
 MAX_MESSAGE_BYTES = 1 << 30  # gRPC message limit both ways: 1 GiB, as TF Serving sets it
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
+
+
+def _spec(request, field: str = "model_spec"):
+    """The request's ModelSpec; INVALID_ARGUMENT `Missing ModelSpec` when it has none (TF Serving's check)."""
+    if not request.HasField(field):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    return getattr(request, field)
 
 
 class ServingService:
@@ -58,13 +66,25 @@ class ServingService:
         return self.manager.model(name, version).resolve(version, label)
 
     def predict(self, request):
-        return predict_lib.predict(self.manager.resolve(request.model_spec), request, self.run)
+        return predict_lib.predict(self.manager.resolve(_spec(request)), request, self.run)
+
+    def classify(self, request):
+        return classify_lib.classify(self.manager.resolve(_spec(request)), request, self.run)
+
+    def regress(self, request):
+        return regress_lib.regress(self.manager.resolve(_spec(request)), request, self.run)
+
+    def multi_inference(self, request):
+        # TF Serving resolves the first task's model, then checks the tasks against it.
+        spec = request.tasks[0].model_spec if request.tasks else _model_pb2.ModelSpec()
+        return multi_inference_lib.multi_inference(self.manager.resolve(spec), request, self.run)
 
     def predict_arrays(self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=()):
         return predict_lib.predict_arrays(version, signature_name, inputs, output_filter, self.run)
 
     def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
         """`GetModelMetadata`: only the `signature_def` field exists, as in TF Serving."""
+        spec = _spec(request)
         fields = list(request.metadata_field)
         if not fields:
             raise ServingError(
@@ -74,7 +94,7 @@ class ServingService:
         for field in fields:
             if field != "signature_def":
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
-        return self._metadata(self.manager.resolve(request.model_spec))
+        return self._metadata(self.manager.resolve(spec))
 
     def metadata_for(self, name: str, version: int | None = None, label: str = ""):
         return self._metadata(self.resolve(name, version, label))
@@ -91,7 +111,7 @@ class ServingService:
         return response
 
     def status(self, request):
-        return self.manager.status(request.model_spec)
+        return self.manager.status(_spec(request))
 
     def status_for(self, name: str, version: int | None = None, label: str = ""):
         if label:  # a label names one version: report that one
@@ -101,34 +121,10 @@ class ServingService:
             spec.version.value = version
         return self.manager.status(spec)
 
-    def classify_or_regress(self, verb: str, spec: dict, signature_name: str) -> None:
-        """Classify/Regress: TF Serving's answers for a model whose signatures are predict-style."""
-        version = self.resolve(**spec)
-        name = signature_name or DEFAULT_SIGNATURE
-        if name not in version.signature_defs:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"No signature was found with the name: {name}")
-        method = CLASSIFY_METHOD if verb == "classify" else REGRESS_METHOD
-        kind = "classification" if verb == "classify" else "regression"
-        was = version.signature_defs[name].method_name
-        if was != method:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"Expected {kind} signature method_name to be {method}. Was: {was}",
-            )
-        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} signatures are not served by this server")
-
     def reload(self, request):
         configs = validate_model_configs(list(request.config.model_config_list.config), "ReloadConfigRequest")
         self.manager.reload(configs)
         return model_management_pb2.ReloadConfigResponse()
-
-
-def _spec_dict(model_spec) -> dict:
-    return {
-        "name": model_spec.name,
-        "version": model_spec.version.value if model_spec.HasField("version") else None,
-        "label": model_spec.version_label if model_spec.WhichOneof("version_choice") == "version_label" else "",
-    }
 
 
 def _answer(context, handler, request):
@@ -153,22 +149,13 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _answer(context, self.service.metadata, request)
 
     def Classify(self, request, context):  # noqa: N802
-        return _answer(
-            context,
-            lambda r: self.service.classify_or_regress(
-                "classify", _spec_dict(r.model_spec), r.model_spec.signature_name
-            ),
-            request,
-        )
+        return _answer(context, self.service.classify, request)
 
     def Regress(self, request, context):  # noqa: N802
-        return _answer(
-            context,
-            lambda r: self.service.classify_or_regress(
-                "regress", _spec_dict(r.model_spec), r.model_spec.signature_name
-            ),
-            request,
-        )
+        return _answer(context, self.service.regress, request)
+
+    def MultiInference(self, request, context):  # noqa: N802
+        return _answer(context, self.service.multi_inference, request)
 
 
 class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -199,7 +186,8 @@ class ModelServer:
 
     Raises:
         ValueError: on a missing model name/base path or a bad configuration file.
-        RuntimeError: from `start()` when a port cannot be bound.
+        RuntimeError: from `start()` when a port cannot be bound, or when a model none of whose
+            versions loads (`N model(s) did not become available: ...`, as TF Serving fails to start).
     """
 
     def __init__(
@@ -253,7 +241,11 @@ class ModelServer:
             run_warm_up=lambda version, request: predict_lib.predict(version, request),
         )
         service.manager = self._manager
-        self._manager.start()
+        try:
+            self._manager.start()
+        except RuntimeError:
+            self.stop()  # as TF Serving, a model that cannot load stops the start
+            raise
         options = [
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -19,6 +19,7 @@ from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, version_folders
 
 from .errors import ServingError, log
+from .signatures import load_signatures
 
 DEFAULT_SIGNATURE = "serving_default"
 MAX_WARMUP_RECORDS = 1000
@@ -27,25 +28,33 @@ MAX_NUM_LOAD_RETRIES = 5  # TF Serving's --max_num_load_retries default; here on
 State = get_model_status_pb2.ModelVersionStatus.State
 
 
-def read_signature_defs(path: str) -> dict:
-    """The SignatureDefs of the `serve` MetaGraph in `path/saved_model.pb`, keyed by name."""
+def read_meta_graph(path: str):
+    """The `serve` MetaGraphDef of `path/saved_model.pb`.
+
+    Raises:
+        FileNotFoundError: with TensorFlow's message when the folder holds no SavedModel.
+        ValueError: when no MetaGraph is tagged `serve`.
+    """
     saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    pb = os.path.join(path, "saved_model.pb")
+    if not os.path.isfile(pb):
+        raise FileNotFoundError(f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}")
+    with open(pb, "rb") as f:
         saved_model.ParseFromString(f.read())
     for meta_graph in saved_model.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
+            return meta_graph
     raise ValueError(f"{path} has no MetaGraph tagged 'serve'. Received: path={path}")
 
 
 class LoadedVersion:
-    """One SavedModel version in memory: its signature functions and SignatureDefs."""
+    """One SavedModel version in memory: its signatures (callables on numpy arrays) and SignatureDefs."""
 
     def __init__(self, model_name: str, version: int, path: str):
         self.model_name, self.version, self.path = model_name, version, path
-        self.signature_defs = read_signature_defs(path)
-        self._saved_model = tf.saved_model.load(path)
-        self.functions = dict(self._saved_model.signatures)
+        meta_graph = read_meta_graph(path)
+        self.signature_defs = dict(meta_graph.signature_def)
+        self.functions, self._saved_model = load_signatures(path, meta_graph)
 
     def signature(self, name: str):
         """(SignatureDef, function) for `name` (empty = serving_default), else FAILED_PRECONDITION."""
@@ -158,7 +167,9 @@ class ServedModel:
                 error,
             )
             with self._lock:
-                self._states[version] = (State.END, f"{type(error).__name__}: {error}")
+                # TensorFlow's own load errors read as TF Serving reports them; others name their type.
+                known = isinstance(error, (FileNotFoundError, tf.errors.OpError))
+                self._states[version] = (State.END, str(error) if known else f"{type(error).__name__}: {error}")
             return False
         self._failures.pop(version, None)
         self._identities[version] = identity
@@ -204,6 +215,13 @@ class ServedModel:
                     f"Servable not found for request: Specific({self.name}, {version})",
                 )
             return self._versions[version]
+
+    def load_errors(self) -> dict[int, str]:
+        """{version: error} of the failed loads when no version is AVAILABLE (else empty)."""
+        with self._lock:
+            if any(state == State.AVAILABLE for state, _ in self._states.values()):
+                return {}
+            return {v: error for v, (state, error) in self._states.items() if state == State.END and error}
 
     def states(self) -> dict[int, tuple[int, str]]:
         with self._lock:
