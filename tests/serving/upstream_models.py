@@ -79,9 +79,10 @@ def half_plus_n_tf1(
         a = _variable(0.5, "a", ref_variables)
         b_var = _variable(b, "b", ref_variables)
         c_var = _variable(c, "c", ref_variables)
-        serialized = v1.placeholder(tf.string, shape=[None], name="tf_example")
+        # Unknown rank, as the SignatureDefs of TF Serving's testdata say (its script now writes [None]).
+        serialized = v1.placeholder(tf.string, shape=None, name="tf_example")
         features = v1.io.parse_example(
-            serialized,
+            tf.reshape(serialized, [-1]),  # (N,): gives the features their static shape (N, 1)
             {
                 "x": v1.io.FixedLenFeature([1], tf.float32),
                 "x2": v1.io.FixedLenFeature([1], tf.float32, default_value=[0.0]),
@@ -104,7 +105,7 @@ def half_plus_n_tf1(
         asset = tf.constant(asset_path)
         v1.add_to_collection(v1.GraphKeys.ASSET_FILEPATHS, asset)
         filename = _variable("foo.txt", "filename_tensor", ref_variables, trainable=False, collections=[])
-        assign_filename = filename.assign("foo.txt")
+        main_op = tf.group(filename.assign("foo.txt"))
 
         signatures = {
             "serving_default": _signature({"x": x}, {"y": y}, PREDICT),
@@ -122,7 +123,7 @@ def half_plus_n_tf1(
             [v1.saved_model.tag_constants.SERVING],
             signature_def_map=signatures,
             assets_collection=v1.get_collection(v1.GraphKeys.ASSET_FILEPATHS),
-            main_op=tf.group(assign_filename),
+            main_op=main_op,
         )
         builder.save()
     os.remove(asset_path)
@@ -225,26 +226,62 @@ def counter_tf1(export_dir: str, *, ref_variables: bool = False) -> str:
     return export_dir
 
 
-# name -> (builder, versions, the ModelConfig text beyond name and base path)
+def tf_saved_model_save(export_dir: str) -> str:
+    """A `tf.train.Checkpoint` root saved with one signature on x of unknown shape: y = 3 * 2 * x."""
+    root = tf.train.Checkpoint()
+    root.v1, root.v2 = tf.Variable(3.0), tf.Variable(2.0)
+    root.f = tf.function(lambda x: {"y": root.v1 * root.v2 * x})
+    tf.saved_model.save(root, export_dir, root.f.get_concrete_function(tf.TensorSpec(None, tf.float32)))
+    return export_dir
+
+
+def tf_saved_model_save_multiple_signatures(export_dir: str) -> str:
+    """Two signatures answering constants: `serving_default` y = 1, `custom_signature_key` y = 2."""
+    root = tf.train.Checkpoint()
+    spec = [tf.TensorSpec(None, tf.float32)]
+    root.f = tf.function(lambda x: {"y": 1.0}, input_signature=spec)
+    root.g = tf.function(lambda x: {"y": 2.0}, input_signature=spec)
+    tf.saved_model.save(root, export_dir, signatures={"serving_default": root.f, "custom_signature_key": root.g})
+    return export_dir
+
+
+TWO_VERSIONS = "saved_model_half_plus_two_2_versions"
+# name -> (folder, builder, versions, the ModelConfig text beyond name and base path)
 MODELS = {
-    "default": (lambda d: half_plus_n_tf1(d, classify_x2_to_y3=False), (123,), ""),
-    "half_plus_two_ref": (lambda d: half_plus_n_tf1(d, ref_variables=True), (123,), ""),
-    "half_plus_two_tf2": (half_plus_two_tf2, (123,), ""),
-    "half_plus_three": (lambda d: half_plus_n_tf1(d, b=3.0, c=4.0), (123,), ""),
-    "saved_model_half_plus_two_2_versions": (
+    "default": ("half_plus_two", lambda d: half_plus_n_tf1(d, classify_x2_to_y3=False), (123,), ""),
+    "half_plus_two_ref": ("half_plus_two_ref", lambda d: half_plus_n_tf1(d, ref_variables=True), (123,), ""),
+    "half_plus_two_tf2": ("half_plus_two_tf2", half_plus_two_tf2, (123,), ""),
+    "half_plus_three": ("half_plus_three", lambda d: half_plus_n_tf1(d, b=3.0, c=4.0), (123,), ""),
+    # As TF Serving's REST handler test serves it: version 123 only, labelled.
+    TWO_VERSIONS: (
+        TWO_VERSIONS,
         half_plus_n_tf1,
         (123, 124),
         'model_version_policy { specific { versions: 123 } }\n    version_labels { key: "Version_Label" value: 123 }',
     ),
-    "counter": (lambda d: counter_tf1(d, ref_variables=True), (123,), ""),
+    # As its GetModelStatus test serves it: both versions.
+    "two_versions_both": (TWO_VERSIONS, half_plus_n_tf1, (123, 124), "model_version_policy { all {} }"),
+    "counter": ("counter", lambda d: counter_tf1(d, ref_variables=True), (123,), ""),
+    "tf_saved_model_save": ("tf_saved_model_save", tf_saved_model_save, (123,), ""),
+    "tf_saved_model_save_multiple_signatures": (
+        "tf_saved_model_save_multiple_signatures",
+        tf_saved_model_save_multiple_signatures,
+        (123,),
+        "",
+    ),
 }
 
 
-def write_all(out_dir: str) -> str:
-    """Builds every model of `MODELS` under `out_dir` and writes `out_dir/models.config`; returns its path."""
+def write_all(out_dir: str, names=None) -> str:
+    """Builds the models of `MODELS` (all, or `names`) under `out_dir` and writes `out_dir/models.config`.
+
+    Returns:
+        The path of the config file (a `ModelServerConfig` listing those models).
+    """
     entries = []
-    for name, (build, versions, extra) in MODELS.items():
-        base = os.path.abspath(os.path.join(out_dir, name))
+    for name in names or MODELS:
+        folder, build, versions, extra = MODELS[name]
+        base = os.path.abspath(os.path.join(out_dir, folder))
         for version in versions:
             if not os.path.exists(version_dir(base, version)):
                 build(version_dir(base, version))
