@@ -385,7 +385,9 @@ def _leaf_texts(alias: str, array: np.ndarray) -> np.ndarray:
     raise _bad(f"Failed to write JSON value for tensor type: {data_type_string(array.dtype)}")
 
 
-def _nest(texts: np.ndarray) -> str:
+def _nest(texts) -> str:
+    if not isinstance(texts, np.ndarray):  # one element of an object array
+        return str(texts)
     if texts.ndim == 0:
         return str(texts.item() if texts.dtype == object else texts)
     if texts.ndim == 1:
