@@ -224,7 +224,8 @@ def to_array(value, dtype: tf.DType) -> np.ndarray:
                     dtype in (tf.float32, tf.float64)
                     or all(_accepts(v, dtype) for v in (int(numeric.min()), int(numeric.max())))
                 ):
-                    return numeric.astype(dtype.as_numpy_dtype).reshape(shape)
+                    with np.errstate(over="ignore"):  # beyond float32: +-inf, as TF Serving's cast gives
+                        return numeric.astype(dtype.as_numpy_dtype).reshape(shape)
     leaves: list = []
     _walk(value, 0, shape, dtype, leaves)
     if dtype == tf.string:
