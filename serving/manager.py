@@ -119,6 +119,6 @@ class ModelManager:
             entry = response.model_version_status.add(version=number, state=state)
             entry.status.SetInParent()  # TF Serving always sends a status (error_code OK)
             if error:
-                entry.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+                entry.status.error_code = model.error_code(number).value[0]
                 entry.status.error_message = error
         return response

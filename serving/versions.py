@@ -47,6 +47,18 @@ def read_meta_graph(path: str):
     raise ValueError(f"{path} has no MetaGraph tagged 'serve'. Received: path={path}")
 
 
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _load_error_code(error: Exception) -> grpc.StatusCode:
+    """The code GetModelStatus reports for a failed load: TensorFlow's own, NOT_FOUND for a missing SavedModel."""
+    if isinstance(error, tf.errors.OpError):
+        return _GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
+    if isinstance(error, FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    return grpc.StatusCode.UNKNOWN
+
+
 class LoadedVersion:
     """One SavedModel version in memory: its signatures (callables on numpy arrays) and SignatureDefs."""
 
@@ -86,6 +98,7 @@ class ServedModel:
         self.max_num_load_retries = max_num_load_retries
         self._versions: dict[int, LoadedVersion] = {}
         self._states: dict[int, tuple[int, str]] = {}  # version -> (State, error message)
+        self._error_codes: dict[int, grpc.StatusCode] = {}  # version -> the code of its failed load
         self._failures: dict[int, int] = {}  # version -> failed loads since its folder appeared
         self._identities: dict[int, tuple] = {}  # loaded version -> its folder's (inode, mtime)
         self._folders: dict[int, str] = {}  # version -> its folder, as the last poll listed them
@@ -170,12 +183,14 @@ class ServedModel:
                 # TensorFlow's own load errors read as TF Serving reports them; others name their type.
                 known = isinstance(error, (FileNotFoundError, tf.errors.OpError))
                 self._states[version] = (State.END, str(error) if known else f"{type(error).__name__}: {error}")
+                self._error_codes[version] = _load_error_code(error)
             return False
         self._failures.pop(version, None)
         self._identities[version] = identity
         with self._lock:
             self._versions[version] = loaded
             self._states[version] = (State.AVAILABLE, "")
+            self._error_codes.pop(version, None)
         log.info(
             "Successfully loaded servable version {name: %s version: %d} in %.1f s (%d warm-up requests)",
             self.name,
@@ -222,6 +237,11 @@ class ServedModel:
             if any(state == State.AVAILABLE for state, _ in self._states.values()):
                 return {}
             return {v: error for v, (state, error) in self._states.items() if state == State.END and error}
+
+    def error_code(self, version: int) -> grpc.StatusCode:
+        """The status code of `version`'s failed load (UNKNOWN when the error had none)."""
+        with self._lock:
+            return self._error_codes.get(version, grpc.StatusCode.UNKNOWN)
 
     def states(self) -> dict[int, tuple[int, str]]:
         with self._lock:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import urllib.error
 import urllib.request
 
@@ -26,6 +27,7 @@ import grpc
 import numpy as np
 import pytest
 import upstream_models
+from serving_testing import wait_until
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
@@ -658,3 +660,27 @@ def test_classify_and_regress_signature_errors(upstream, method, signature, text
 def test_classify_rest_with_context_and_several_examples(upstream):
     body = {"signature_name": "regress_x_to_y", "context": {"x": 4.0}, "examples": [{}, {"x": 10.0}]}
     assert http(upstream, "POST", "/v1/models/default:regress", body) == (200, {"results": [4.0, 7.0]})
+
+
+def test_a_version_that_fails_to_load_reports_its_error(upstream, tmp_path):
+    """A broken new version: END with the load error's code and text; the version before keeps serving."""
+    if not upstream.local:
+        pytest.skip("starts a server of its own")
+    from keras_fcn.serving import ModelServer
+
+    base = tmp_path / "half_plus_two"
+    shutil.copytree(upstream_models.version_dir(os.path.join(upstream.base_path, "half_plus_two")), base / "00000123")
+    with ModelServer("default", str(base), port=0, rest_port=0, poll_seconds=0.05) as server:
+        upstream_models.bad_model(upstream_models.version_dir(str(base), 124))
+        local = dataclasses.replace(upstream, rest_url=server.rest_address)
+
+        def statuses():
+            return {s["version"]: s for s in http(local, "GET", "/v1/models/default")[1]["model_version_status"]}
+
+        wait_until(lambda: statuses().get("124", {}).get("state") == "END", 30, "version 124 to fail")
+        failed = statuses()["124"]["status"]
+        assert failed["error_code"] == "NOT_FOUND"
+        assert failed["error_message"].startswith("Could not find SavedModel .pb or .pbtxt at supplied export")
+        assert statuses()["123"]["state"] == "AVAILABLE"
+        body = {"instances": [2.0]}
+        assert http(local, "POST", "/v1/models/default:predict", body) == (200, {"predictions": [3.0]})
