@@ -162,6 +162,15 @@ def make_handler(service):
         def do_POST(self):  # noqa: N802
             self._handle("POST")
 
+        def do_OPTIONS(self):  # noqa: N802 - a CORS preflight: 200 with an Origin, else 400 (both empty)
+            if not _API.fullmatch(self.path.split("?")[0]):
+                self._reply(404, {"error": f"Not found: OPTIONS {self.path}"})
+                return
+            origin = re.search(r"https?://", self.headers.get("Origin", ""))
+            self.send_response(200 if origin else 400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
         def do_PUT(self):  # noqa: N802 - TF Serving answers other methods "Malformed request"
             self._handle("PUT")
 

@@ -684,3 +684,17 @@ def test_a_version_that_fails_to_load_reports_its_error(upstream, tmp_path):
         assert statuses()["123"]["state"] == "AVAILABLE"
         body = {"instances": [2.0]}
         assert http(local, "POST", "/v1/models/default:predict", body) == (200, {"predictions": [3.0]})
+
+
+@pytest.mark.parametrize(("origin", "code"), [("https://example.com", 200), (None, 400)])
+def test_cors_preflight(upstream, origin, code):
+    """`http_server.cc`: OPTIONS is answered 200 when an http(s) Origin is given, else 400, with no body."""
+    request = urllib.request.Request(upstream.rest_url + "/v1/models/default:predict", method="OPTIONS")
+    if origin:
+        request.add_header("Origin", origin)
+    try:
+        with urllib.request.urlopen(request, timeout=20) as reply:
+            status, body = reply.status, reply.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    assert (status, body) == (code, b"")
