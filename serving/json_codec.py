@@ -345,82 +345,92 @@ def _from_columns(value, dtypes: dict) -> dict:
 # --- results -------------------------------------------------------------------------------------
 
 
-def _float_texts(values: np.ndarray, digits: int) -> np.ndarray:
-    """TF Serving's float text: %g when it reads back exactly, else %.{digits}g; `.0` on whole numbers."""
+_NON_FINITE = {"nan": "NaN", "-nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _float_texts(values: np.ndarray, digits: int) -> list[str]:
+    """TF Serving's float text, flat: %g when it reads back exactly, else %.{digits}g; `.0` on whole numbers."""
     flat = values.ravel()
-    texts = np.char.mod("%g", flat.astype(np.float64))
+    texts = ["%g" % v for v in flat.tolist()]  # noqa: UP031 - printf semantics are the point
+    if not texts:
+        return texts
     with np.errstate(all="ignore"):
-        inexact = texts.astype(flat.dtype) != flat
-    inexact &= np.isfinite(flat)
-    if inexact.any():
-        texts = texts.astype(object)
-        texts[inexact] = np.char.mod(f"%.{digits}g", flat[inexact].astype(np.float64))
-        texts = texts.astype(str)
-    whole = (np.char.find(texts, ".") < 0) & (np.char.find(texts, "e") < 0) & np.isfinite(flat)
-    texts = np.where(whole, np.char.add(texts, ".0"), texts)
-    texts = np.where(np.isnan(flat), "NaN", texts)
-    texts = np.where(np.isposinf(flat), "Infinity", np.where(np.isneginf(flat), "-Infinity", texts))
-    return texts.reshape(values.shape)
+        inexact = np.flatnonzero((np.array(texts, dtype=np.float64).astype(flat.dtype) != flat) & np.isfinite(flat))
+    for index in inexact.tolist():
+        texts[index] = f"%.{digits}g" % flat[index]
+    return [
+        _NON_FINITE.get(t, t) if "n" in t else t if "." in t or "e" in t else t + ".0"
+        for t in texts
+    ]
 
 
-def _leaf_texts(alias: str, array: np.ndarray) -> np.ndarray:
-    """Each element of an output tensor as JSON text."""
+def _leaf_texts(alias: str, array: np.ndarray) -> list[str]:
+    """Each element of an output tensor as JSON text, in row-major order."""
     if array.dtype == np.float32:
         return _float_texts(array, 9)
     if array.dtype == np.float64:
         return _float_texts(array, 17)
     if array.dtype == np.bool_:
-        return np.where(array, "true", "false")
+        return ["true" if v else "false" for v in array.ravel().tolist()]
     if array.dtype.kind in "iu":
-        return array.astype(str)
+        return [str(v) for v in array.ravel().tolist()]
     if array.dtype.kind in "OS":
         if alias.endswith("_bytes"):
             import base64
 
-            encode = lambda v: json.dumps({"b64": base64.b64encode(v).decode("ascii")})  # noqa: E731
-        else:
-            encode = lambda v: json.dumps(v.decode("utf-8", "replace"))  # noqa: E731
-        texts = np.empty(array.shape, dtype=object)
-        texts.ravel()[:] = [encode(v) for v in array.ravel()] if array.size else []
-        return texts
+            return [json.dumps({"b64": base64.b64encode(v).decode("ascii")}) for v in array.ravel().tolist()]
+        return [json.dumps(v.decode("utf-8", "replace")) for v in array.ravel().tolist()]
     raise _bad(f"Failed to write JSON value for tensor type: {data_type_string(array.dtype)}")
 
 
-def _nest(texts) -> str:
-    if not isinstance(texts, np.ndarray):  # one element of an object array
-        return str(texts)
-    if texts.ndim == 0:
-        return str(texts.item() if texts.dtype == object else texts)
-    if texts.ndim == 1:
-        return "[" + ", ".join(texts.tolist()) + "]"
-    return "[" + ", ".join(_nest(part) for part in texts) + "]"
+def _nest(items: list[str], shape) -> list[str]:
+    """Flat element texts grouped into JSON arrays, innermost dimension first; one text per outer element.
+
+    With shape (2, 3) and six items: ["[a, b, c]", "[d, e, f]"] for `shape[1:]` grouping, and so on
+    up to the first dimension (which stays a list).
+    """
+    for level in range(len(shape) - 1, 0, -1):
+        size = shape[level]
+        if size == 0:  # as many empty arrays as the outer dimensions hold
+            items = ["[]"] * int(np.prod(shape[:level], dtype=np.int64))
+        else:
+            items = ["[" + ", ".join(items[k : k + size]) + "]" for k in range(0, len(items), size)]
+    return items
+
+
+def _value(items: list[str], shape) -> str:
+    """A whole tensor's JSON text (a scalar is its single value)."""
+    if not len(shape):
+        return items[0]
+    return "[" + ", ".join(_nest(items, shape)) + "]"
 
 
 def tensors_json(outputs: dict, row_format: bool) -> str:
     """A `:predict` reply: `{"predictions": [...]}` (row format) or `{"outputs": ...}` (columnar)."""
     if not outputs:
         raise _bad("Cannot convert empty tensor map to JSON")
-    texts = {alias: _leaf_texts(alias, np.asarray(value)) for alias, value in outputs.items()}
+    arrays = {alias: np.asarray(value) for alias, value in outputs.items()}
+    texts = {alias: _leaf_texts(alias, array) for alias, array in arrays.items()}
     if not row_format:
         if len(texts) == 1:
-            return '{"outputs": ' + _nest(next(iter(texts.values()))) + "}"
-        members = ", ".join(f"{json.dumps(alias)}: {_nest(t)}" for alias, t in texts.items())
+            ((alias, items),) = texts.items()
+            return '{"outputs": ' + _value(items, arrays[alias].shape) + "}"
+        members = ", ".join(f"{json.dumps(alias)}: {_value(t, arrays[alias].shape)}" for alias, t in texts.items())
         return '{"outputs": {' + members + "}}"
     batch = -1
-    for alias, text in texts.items():
-        if text.ndim == 0:
+    for alias, array in arrays.items():
+        if array.ndim == 0:
             raise _bad(f"Tensor name: {alias} has no shape information ")
-        if batch >= 0 and text.shape[0] != batch:
-            raise _bad(f"Tensor name: {alias} has inconsistent batch size: {text.shape[0]} expecting: {batch}")
-        batch = text.shape[0]
-    if len(texts) == 1:
-        rows = [_nest(row) for row in next(iter(texts.values()))]
+        if batch >= 0 and array.shape[0] != batch:
+            raise _bad(f"Tensor name: {alias} has inconsistent batch size: {array.shape[0]} expecting: {batch}")
+        batch = array.shape[0]
+    rows = {alias: _nest(items, arrays[alias].shape) for alias, items in texts.items()}
+    if len(rows) == 1:
+        lines = next(iter(rows.values()))
     else:
-        rows = [
-            "{" + ", ".join(f"{json.dumps(alias)}: {_nest(t[i])}" for alias, t in texts.items()) + "}"
-            for i in range(batch)
-        ]
-    return '{"predictions": [' + ", ".join(rows) + "]}"
+        named = [(json.dumps(alias), row_texts) for alias, row_texts in rows.items()]
+        lines = ["{" + ", ".join(f"{name}: {r[i]}" for name, r in named) + "}" for i in range(batch)]
+    return '{"predictions": [' + ", ".join(lines) + "]}"
 
 
 def classification_json(result) -> str:
@@ -440,7 +450,7 @@ def regression_json(result) -> str:
     if not result.regressions:
         raise _bad("Cannot convert empty RegressionResults to JSON")
     values = _float_texts(np.array([r.value for r in result.regressions], np.float32), 9)
-    return '{"results": [' + ", ".join(values.tolist()) + "]}"
+    return '{"results": [' + ", ".join(values) + "]}"
 
 
 def examples_input(document: dict):
