@@ -206,26 +206,39 @@ def _walk(value, level: int, shape: list[int], dtype: tf.DType, leaves: list) ->
         _walk(item, level + 1, shape, dtype, leaves)
 
 
-def to_array(value, dtype: tf.DType) -> np.ndarray:
-    """One JSON value (a scalar or nested lists) as a `dtype` array, checked as TF Serving does."""
+def to_array(value, dtype: tf.DType, booleans: bool = True) -> np.ndarray:
+    """One JSON value (a scalar or nested lists) as a `dtype` array, checked as TF Serving does.
+
+    `booleans=False` says the body holds no JSON `true`/`false`, which lets numpy build a numeric
+    array directly (a boolean among numbers would otherwise pass as 0 or 1).
+    """
     shape = _dense_shape(value)
-    if dtype != tf.string:
-        # Fast path for large numeric bodies: numpy builds the array, the element types are
-        # checked on the distinct types only; anything unusual takes TF Serving's walk below.
-        try:
-            array = np.array(value, dtype=object)
-        except ValueError:
-            array = None
-        if array is not None and list(array.shape) == shape and array.size:
-            kinds = set(map(type, array.ravel().tolist()))
-            if kinds <= {int, float}:
+    if dtype != tf.string and shape:
+        # Fast path for large numeric bodies; anything unusual takes TF Serving's walk below.
+        numeric = None
+        if booleans:
+            try:
+                array = np.array(value, dtype=object)
+            except ValueError:
+                array = None
+            if array is not None and list(array.shape) == shape and set(map(type, array.ravel().tolist())) <= {
+                int,
+                float,
+            }:
                 numeric = np.array(array.tolist())
-                if (float not in kinds or dtype in (tf.float32, tf.float64)) and (
-                    dtype in (tf.float32, tf.float64)
-                    or all(_accepts(v, dtype) for v in (int(numeric.min()), int(numeric.max())))
-                ):
-                    with np.errstate(over="ignore"):  # beyond float32: +-inf, as TF Serving's cast gives
-                        return numeric.astype(dtype.as_numpy_dtype).reshape(shape)
+        else:
+            try:
+                numeric = np.array(value)
+            except (ValueError, OverflowError):
+                numeric = None
+        if numeric is not None and list(numeric.shape) == shape and numeric.size and numeric.dtype.kind in "iuf":
+            floating = dtype in (tf.float32, tf.float64)
+            if floating or (
+                numeric.dtype.kind in "iu"
+                and all(_accepts(v, dtype) for v in (int(numeric.min()), int(numeric.max())))
+            ):
+                with np.errstate(over="ignore"):  # beyond float32: +-inf, as TF Serving's cast gives
+                    return numeric.astype(dtype.as_numpy_dtype).reshape(shape)
     leaves: list = []
     _walk(value, 0, shape, dtype, leaves)
     if dtype == tf.string:
@@ -234,15 +247,17 @@ def to_array(value, dtype: tf.DType) -> np.ndarray:
         return array.reshape(shape)
     if dtype in (tf.int8, tf.int16, tf.uint8):  # read as int32 and cast, wrapping, as TensorFlow does
         return np.array(leaves, dtype=np.int64).astype(dtype.as_numpy_dtype).reshape(shape)
-    return np.array(leaves, dtype=dtype.as_numpy_dtype).reshape(shape)
+    with np.errstate(over="ignore"):  # beyond float32: +-inf
+        return np.array(leaves, dtype=dtype.as_numpy_dtype).reshape(shape)
 
 
-def predict_inputs(document: dict, tensor_infos) -> tuple[dict, bool]:
+def predict_inputs(document: dict, tensor_infos, booleans: bool = True) -> tuple[dict, bool]:
     """The arrays of a `:predict` body, by input alias, and whether it used the row format.
 
     Args:
         document: the request object.
         tensor_infos: the signature's inputs (alias -> TensorInfo).
+        booleans: False when the body holds no JSON `true`/`false` (a faster conversion).
 
     Returns:
         ({alias: array}, row_format): `instances` are batched along a new first dimension,
@@ -256,13 +271,13 @@ def predict_inputs(document: dict, tensor_infos) -> tuple[dict, bool]:
         )
     dtypes = {alias: tf.dtypes.as_dtype(info.dtype) for alias, info in tensor_infos.items()}
     if has_instances:
-        return _from_instances(document, dtypes), True
+        return _from_instances(document, dtypes, booleans), True
     if has_inputs:
-        return _from_columns(document["inputs"], dtypes), False
+        return _from_columns(document["inputs"], dtypes, booleans), False
     raise _bad("Missing 'inputs' or 'instances' key")
 
 
-def _from_instances(document: dict, dtypes: dict) -> dict:
+def _from_instances(document: dict, dtypes: dict, booleans: bool) -> dict:
     instances = document["instances"]
     if not isinstance(instances, list):
         raise _bad(f"JSON Value: {debug_string(document)} Expecting 'instances' to be an list/array")
@@ -283,7 +298,7 @@ def _from_instances(document: dict, dtypes: dict) -> dict:
     def add(alias: str, value) -> None:
         if alias not in dtypes:
             raise _bad(f"JSON object: does not have named input: {alias}")
-        array = to_array(value, dtypes[alias])
+        array = to_array(value, dtypes[alias], booleans)
         if alias in columns:
             first = columns[alias][0]
             if first.size != array.size:
@@ -325,7 +340,7 @@ def _shape(shape) -> str:
     return "[" + ",".join(str(d) for d in shape) + "]"
 
 
-def _from_columns(value, dtypes: dict) -> dict:
+def _from_columns(value, dtypes: dict, booleans: bool) -> dict:
     if not isinstance(value, dict) or is_b64(value):
         if len(dtypes) > 1:
             raise _bad(
@@ -333,12 +348,12 @@ def _from_columns(value, dtypes: dict) -> dict:
                 "per tensorinfo_map"
             )
         alias = next(iter(dtypes))
-        return {alias: to_array(value, dtypes[alias])}
+        return {alias: to_array(value, dtypes[alias], booleans)}
     arrays = {}
     for alias in sorted(dtypes):
         if alias not in value:
             raise _bad(f"Missing named input: {alias} in 'inputs' object.")
-        arrays[alias] = to_array(value[alias], dtypes[alias])
+        arrays[alias] = to_array(value[alias], dtypes[alias], booleans)
     return arrays
 
 

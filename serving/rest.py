@@ -204,7 +204,8 @@ def _post(service, verb: str, spec: dict, raw: bytes) -> str:
     tensor_infos = version.signature_defs[name].inputs
     if not tensor_infos:
         raise _bad(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
-    inputs, row_format = json_codec.predict_inputs(document, tensor_infos)
+    booleans = b"true" in raw or b"false" in raw  # else numpy may build numeric arrays directly
+    inputs, row_format = json_codec.predict_inputs(document, tensor_infos, booleans)
     _, outputs = service.predict_arrays(version, name, inputs)
     return json_codec.tensors_json(outputs, row_format)
 

@@ -116,10 +116,16 @@ def test_input_errors(body, dtypes, text):
     assert text in error_of(lambda: inputs(body, **dtypes))
 
 
-def test_large_numeric_bodies_take_the_same_values():
+@pytest.mark.parametrize("booleans", [True, False])
+def test_large_numeric_bodies_take_the_same_values(booleans):
     image = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3)).tolist()
-    arrays, _ = inputs({"instances": image}, x=4)  # DT_UINT8
+    arrays, _ = json_codec.predict_inputs({"instances": image}, infos(x=4), booleans)  # DT_UINT8
     np.testing.assert_array_equal(arrays["x"], np.array(image, np.uint8))
+    mixed = [[1, 2.5], [3, 4]]
+    arrays, _ = json_codec.predict_inputs({"inputs": mixed}, infos(x=FLOAT), booleans)
+    np.testing.assert_array_equal(arrays["x"], np.float32(mixed))
+    body, as_int = {"inputs": mixed}, infos(x=INT32)
+    assert "not of expected type: int32" in error_of(lambda: json_codec.predict_inputs(body, as_int, booleans))
 
 
 @pytest.mark.parametrize(
