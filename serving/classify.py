@@ -2,8 +2,8 @@
 
 The signature needs one input `inputs` (the examples) and an output `scores` (float32, shape
 [batch, classes]) and/or `classes` (string labels of the same shape). TF Serving does not require
-the `tensorflow/serving/classify` method name unless `--enable_signature_method_name_check` is set,
-so a TF2 SavedModel whose signatures all say `predict` classifies too.
+the `tensorflow/serving/classify` method name unless `--enable_signature_method_name_check` is set
+(`method_name_check` here), so a TF2 SavedModel whose signatures all say `predict` classifies too.
 """
 
 from __future__ import annotations
@@ -30,8 +30,12 @@ def debug_string(signature_def) -> str:
     return text_format.MessageToString(signature_def)
 
 
-def check_signature(signature_def) -> list[str]:
+def check_signature(signature_def, method_name_check: bool = False) -> list[str]:
     """TF Serving's checks of a classification signature; returns the output aliases to fetch."""
+    if method_name_check and signature_def.method_name != CLASSIFY_METHOD:
+        raise _bad(
+            f"Expected classification signature method_name to be {CLASSIFY_METHOD}. Was: {signature_def.method_name}"
+        )
     if len(signature_def.inputs) != 1:
         raise _bad("Expected one input Tensor.")
     if len(signature_def.outputs) not in (1, 2):
@@ -47,13 +51,13 @@ def check_signature(signature_def) -> list[str]:
     return aliases
 
 
-def classification_signature(version: LoadedVersion, signature_name: str):
+def classification_signature(version: LoadedVersion, signature_name: str, method_name_check: bool = False):
     """(name, SignatureDef, function) of a classification signature (empty name: serving_default)."""
     name = signature_name or DEFAULT_SIGNATURE
     if name not in version.signature_defs or name not in version.functions:
         raise _bad(f"No signature was found with the name: {name}")
     signature_def = version.signature_defs[name]
-    check_signature(signature_def)
+    check_signature(signature_def, method_name_check)
     return name, signature_def, version.functions[name]
 
 
@@ -87,9 +91,12 @@ def classification_result(num_examples: int, outputs: dict) -> classification_pb
     return result
 
 
-def classify(version: LoadedVersion, request: classification_pb2.ClassificationRequest, run):
+def classify(
+    version: LoadedVersion, request: classification_pb2.ClassificationRequest, run, method_name_check: bool = False
+):
     """TF Serving's Classify on one loaded version; `run(function, inputs)` makes the call."""
-    name, signature_def, function = classification_signature(version, request.model_spec.signature_name)
+    signature_name = request.model_spec.signature_name
+    name, signature_def, function = classification_signature(version, signature_name, method_name_check)
     examples = serialized_examples(request.input)
     aliases = check_signature(signature_def)
     outputs = run(function, {INPUTS: examples})

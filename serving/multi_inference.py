@@ -36,7 +36,9 @@ def check_tasks(request: inference_pb2.MultiInferenceRequest) -> None:
         raise _bad("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
 
 
-def multi_inference(version: LoadedVersion, request: inference_pb2.MultiInferenceRequest, run):
+def multi_inference(
+    version: LoadedVersion, request: inference_pb2.MultiInferenceRequest, run, method_name_check: bool = False
+):
     """TF Serving's MultiInference on one loaded version; `run(function, inputs)` makes each call."""
     check_tasks(request)
     plans, seen = [], set()
@@ -52,7 +54,7 @@ def multi_inference(version: LoadedVersion, request: inference_pb2.MultiInferenc
                 grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"
             )
         check, make_result = _METHODS[task.method_name]
-        aliases = check(version.signature_defs[name])
+        aliases = check(version.signature_defs[name], method_name_check)
         plans.append((task, name, aliases, make_result))
     examples = serialized_examples(request.input)
     response = inference_pb2.MultiInferenceResponse()

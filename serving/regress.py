@@ -1,8 +1,8 @@
 """Regress: serialized tf.Examples through a regression signature, as TF Serving runs it.
 
 The signature needs one input `inputs` (the examples) and one output `outputs` (float32, shape
-[batch] or [batch, 1]). As for Classify, the `tensorflow/serving/regress` method name is not
-required (TF Serving's default).
+[batch] or [batch, 1]). As for Classify, the `tensorflow/serving/regress` method name is only
+required with `method_name_check` (TF Serving's `--enable_signature_method_name_check`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,11 @@ def _bad(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def check_signature(signature_def) -> list[str]:
+def check_signature(signature_def, method_name_check: bool = False) -> list[str]:
     """TF Serving's checks of a regression signature; returns the output alias to fetch."""
+    if method_name_check and signature_def.method_name != REGRESS_METHOD:
+        was = signature_def.method_name
+        raise _bad(f"Expected regression signature method_name to be {REGRESS_METHOD}. Was: {was}")
     if len(signature_def.inputs) != 1:
         raise _bad("Expected one input Tensor.")
     if len(signature_def.outputs) != 1:
@@ -37,13 +40,13 @@ def check_signature(signature_def) -> list[str]:
     return [OUTPUTS]
 
 
-def regression_signature(version: LoadedVersion, signature_name: str):
+def regression_signature(version: LoadedVersion, signature_name: str, method_name_check: bool = False):
     """(name, SignatureDef, function) of a regression signature (empty name: serving_default)."""
     name = signature_name or DEFAULT_SIGNATURE
     if name not in version.signature_defs or name not in version.functions:
         raise _bad(f"No signature was found with the name: {name}")
     signature_def = version.signature_defs[name]
-    check_signature(signature_def)
+    check_signature(signature_def, method_name_check)
     return name, signature_def, version.functions[name]
 
 
@@ -65,9 +68,11 @@ def regression_result(num_examples: int, outputs: dict) -> regression_pb2.Regres
     return result
 
 
-def regress(version: LoadedVersion, request: regression_pb2.RegressionRequest, run):
+def regress(
+    version: LoadedVersion, request: regression_pb2.RegressionRequest, run, method_name_check: bool = False
+):
     """TF Serving's Regress on one loaded version; `run(function, inputs)` makes the call."""
-    name, _, function = regression_signature(version, request.model_spec.signature_name)
+    name, _, function = regression_signature(version, request.model_spec.signature_name, method_name_check)
     examples = serialized_examples(request.input)
     outputs = run(function, {INPUTS: examples})
     response = regression_pb2.RegressionResponse()

@@ -193,10 +193,12 @@ def _post(service, verb: str, spec: dict, raw: bytes) -> str:
         if verb == "classify":
             request = classification_pb2.ClassificationRequest(input=model_input)
             request.model_spec.signature_name = signature_name
-            return json_codec.classification_json(classify_lib.classify(version, request, service.run).result)
+            response = classify_lib.classify(version, request, service.run, service.method_name_check)
+            return json_codec.classification_json(response.result)
         request = regression_pb2.RegressionRequest(input=model_input)
         request.model_spec.signature_name = signature_name
-        return json_codec.regression_json(regress_lib.regress(version, request, service.run).result)
+        response = regress_lib.regress(version, request, service.run, service.method_name_check)
+        return json_codec.regression_json(response.result)
     version = service.resolve(**spec)
     name = signature_name or DEFAULT_SIGNATURE
     if name not in version.signature_defs:

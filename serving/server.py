@@ -55,9 +55,12 @@ def _spec(request, field: str = "model_spec"):
 class ServingService:
     """The requests both front ends answer, on a `ModelManager` (and a batch scheduler if enabled)."""
 
-    def __init__(self, manager: ModelManager, scheduler: BatchScheduler | None = None):
+    def __init__(
+        self, manager: ModelManager, scheduler: BatchScheduler | None = None, method_name_check: bool = False
+    ):
         self.manager = manager
         self.scheduler = scheduler
+        self.method_name_check = method_name_check  # TF Serving's --enable_signature_method_name_check
 
     def run(self, function, inputs: dict) -> dict:
         return self.scheduler.run(function, inputs) if self.scheduler else predict_lib.run_signature(function, inputs)
@@ -66,21 +69,24 @@ class ServingService:
         return self.manager.model(name, version).resolve(version, label)
 
     def predict(self, request):
-        return predict_lib.predict(self.manager.resolve(_spec(request)), request, self.run)
+        return predict_lib.predict(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
 
     def classify(self, request):
-        return classify_lib.classify(self.manager.resolve(_spec(request)), request, self.run)
+        return classify_lib.classify(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
 
     def regress(self, request):
-        return regress_lib.regress(self.manager.resolve(_spec(request)), request, self.run)
+        return regress_lib.regress(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
 
     def multi_inference(self, request):
         # TF Serving resolves the first task's model, then checks the tasks against it.
         spec = request.tasks[0].model_spec if request.tasks else _model_pb2.ModelSpec()
-        return multi_inference_lib.multi_inference(self.manager.resolve(spec), request, self.run)
+        version = self.manager.resolve(spec)
+        return multi_inference_lib.multi_inference(version, request, self.run, self.method_name_check)
 
     def predict_arrays(self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=()):
-        return predict_lib.predict_arrays(version, signature_name, inputs, output_filter, self.run)
+        return predict_lib.predict_arrays(
+            version, signature_name, inputs, output_filter, self.run, self.method_name_check
+        )
 
     def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
         """`GetModelMetadata`: only the `signature_def` field exists, as in TF Serving."""
@@ -183,6 +189,8 @@ class ModelServer:
         batching_parameters: a `BatchingParameters` or the path of a text file; None: defaults.
         poll_seconds: how often the base paths are scanned for new versions.
         grpc_threads: worker threads of the gRPC server.
+        enable_signature_method_name_check: refuse signatures whose method name does not match the
+            request kind (TF Serving's flag of that name; off by default, as there).
 
     Raises:
         ValueError: on a missing model name/base path or a bad configuration file.
@@ -203,6 +211,7 @@ class ModelServer:
         batching_parameters: BatchingParameters | str | None = None,
         poll_seconds: float = 1.0,
         grpc_threads: int = 16,
+        enable_signature_method_name_check: bool = False,
     ):
         if model_config_file:
             configs = read_model_config_file(model_config_file)
@@ -219,6 +228,7 @@ class ModelServer:
         self.batching_parameters = (batching_parameters or BatchingParameters()) if enable_batching else None
         self._configs, self._host, self._ports = configs, host, (port, rest_port)
         self._poll_seconds, self._grpc_threads = poll_seconds, grpc_threads
+        self._method_name_check = enable_signature_method_name_check
         self.grpc_port = self.rest_port = None
         self._grpc = self._rest = self._manager = self.scheduler = None
         self._stopped = threading.Event()
@@ -234,7 +244,7 @@ class ModelServer:
     def start(self) -> ModelServer:
         """Loads the versions present, then opens the gRPC and REST ports and starts polling."""
         self.scheduler = BatchScheduler(self.batching_parameters) if self.batching_parameters else None
-        service = ServingService(None, self.scheduler)
+        service = ServingService(None, self.scheduler, self._method_name_check)
         self._manager = ModelManager(
             self._configs,
             self._poll_seconds,

@@ -698,3 +698,29 @@ def test_cors_preflight(upstream, origin, code):
     except urllib.error.HTTPError as error:
         status, body = error.code, error.read()
     assert (status, body) == (code, b"")
+
+
+def test_signature_method_name_check(upstream, tmp_path):
+    """`--enable_signature_method_name_check`: each request kind takes only its own method's signatures."""
+    if not upstream.local:
+        pytest.skip("starts a server of its own")
+    from keras_fcn.serving import ModelServer
+
+    base = str(tmp_path / "half_plus_two")
+    shutil.copytree(upstream_models.version_dir(os.path.join(upstream.base_path, "half_plus_two")), f"{base}/00000123")
+    server = ModelServer("default", base, port=0, rest_port=None, enable_signature_method_name_check=True)
+    with server, grpc.insecure_channel(server.grpc_address) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        request = examples_input(classification_pb2.ClassificationRequest(), 2.0)
+        request.model_spec.name, request.model_spec.signature_name = "default", "regress_x_to_y"
+        text = f"Expected classification signature method_name to be {CLASSIFY}. Was: {REGRESS}"
+        assert_error(lambda: stub.Classify(request, timeout=20), INVALID, text)
+        request = examples_input(regression_pb2.RegressionRequest(), 2.0)
+        request.model_spec.name, request.model_spec.signature_name = "default", "classify_x_to_y"
+        text = f"Expected regression signature method_name to be {REGRESS}. Was: {CLASSIFY}"
+        assert_error(lambda: stub.Regress(request, timeout=20), INVALID, text)
+        request.model_spec.signature_name = "regress_x_to_y"
+        assert [r.value for r in stub.Regress(request, timeout=20).result.regressions] == [3.0]
+        # Predict still runs classify and regress signatures (the three TF Serving methods).
+        response = stub.Predict(_float_request("regress_x2_to_y3", "inputs"), timeout=20)
+        assert list(response.outputs["outputs"].float_val) == [4.0]
