@@ -124,6 +124,13 @@ def _add_serve(verbs) -> None:
         "--batching-parameters-file", "--batching_parameters_file", dest="batching_parameters_file"
     )
     parser.add_argument(
+        "--enable-signature-method-name-check",
+        "--enable_signature_method_name_check",
+        dest="method_name_check",
+        action="store_true",
+        help="refuse signatures whose method name does not match the request kind (off, as in TF Serving)",
+    )
+    parser.add_argument(
         "--file-system-poll-wait-seconds",
         "--file_system_poll_wait_seconds",
         dest="poll_seconds",
@@ -193,6 +200,7 @@ def _run_serve(args) -> int:
             grpc_socket_path=args.grpc_socket_path,
             monitoring_config_file=args.monitoring_config_file,
             ssl_config_file=args.ssl_config_file,
+            enable_signature_method_name_check=args.method_name_check,
         )
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

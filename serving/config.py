@@ -33,7 +33,11 @@ def read_model_config_file(path: str) -> list[model_server_config_pb2.ModelConfi
     try:
         text_format.Parse(text, config)
     except text_format.ParseError as error:
-        raise ValueError(f"{path} is not a ModelServerConfig in text format: {error}. Received: path={path}") from error
+        # TF Serving's words: the parser's error, then the status it fails to start with.
+        raise ValueError(
+            f"Error parsing text-format tensorflow.serving.ModelServerConfig: {error}. "
+            f"Invalid protobuf file: '{path}'. Received: path={path}"
+        ) from error
     return validate_model_configs(list(config.model_config_list.config), source=path)
 
 

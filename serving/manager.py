@@ -29,9 +29,35 @@ class ModelManager:
                 model.poll(self._run_warm_up)
 
     def start(self) -> None:
-        self.poll()  # like TF Serving: versions present at start-up are loaded before serving
+        """Loads the versions present, then polls in the background.
+
+        Like TF Serving, versions present at start-up are loaded before serving, failed loads are
+        retried (`max_num_load_retries` times, one poll apart), and a model none of whose
+        versions on disk loads stops the start.
+
+        Raises:
+            RuntimeError: `N model(s) did not become available: ...`, naming each failed version.
+        """
+        self.poll()
+        retries = max((m.max_num_load_retries for m in self._models.values()), default=0)
+        for _ in range(retries):
+            if not self._failed_models() or self._stop.wait(self._poll_seconds):
+                break
+            self.poll()
+        failed = self._failed_models()
+        if failed:
+            details = "".join(
+                f"{{{{name: {name} version: {version}}} due to error: {message}}}, "
+                for name, errors in failed.items()
+                for version, message in sorted(errors.items())
+            )
+            raise RuntimeError(f"{len(failed)} model(s) did not become available: {{{details}}}")
         self._thread = threading.Thread(target=self._loop, name="version-poller", daemon=True)
         self._thread.start()
+
+    def _failed_models(self) -> dict:
+        """{model name: {version: load error}} for the models whose versions all failed to load."""
+        return {name: errors for name, model in self._models.items() if (errors := model.load_errors())}
 
     def _loop(self) -> None:
         while not self._stop.wait(self._poll_seconds):
@@ -72,7 +98,7 @@ class ModelManager:
 
     def model(self, name: str, version: int | None = None) -> ServedModel:
         if not name:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "ModelSpec has no name specified.")
         model = self._models.get(name)
         if model is None:
             request = f"Specific({name}, {version})" if version is not None else f"Latest({name})"
@@ -92,7 +118,8 @@ class ModelManager:
     def status(self, model_spec) -> get_model_status_pb2.GetModelStatusResponse:
         """`GetModelStatus`: every version this server has seen for the model, or the one asked for."""
         version = model_spec.version.value if model_spec.HasField("version") else None
-        states = self.model(model_spec.name, version).states()
+        model = self._models.get(model_spec.name)
+        states = model.states() if model is not None else {}
         if version is not None:
             if version not in states:
                 raise ServingError(
@@ -108,6 +135,6 @@ class ModelManager:
             entry = response.model_version_status.add(version=number, state=state)
             entry.status.SetInParent()  # TF Serving always sends a status (error_code OK)
             if error:
-                entry.status.error_code = grpc.StatusCode.UNKNOWN.value[0]
+                entry.status.error_code = model.error_code(number).value[0]
                 entry.status.error_message = error
         return response

@@ -1,4 +1,9 @@
-"""Predict: a request's tensors through one signature of one loaded version, as TF Serving runs it."""
+"""Predict: a request's tensors through one signature of one loaded version, as TF Serving runs it.
+
+Any signature runs (predict, classify or regress method), as TF Serving's Predict does by default;
+with `method_name_check` (TF Serving's `--enable_signature_method_name_check`) a signature of
+another method is refused.
+"""
 
 from __future__ import annotations
 
@@ -11,45 +16,53 @@ from .inputs import check_inputs, check_output_filter
 from .tensors import from_tensor_proto, to_tensor_proto
 from .versions import LoadedVersion
 
-PREDICT_METHOD = "tensorflow/serving/predict"
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
 
 
 def run_signature(function, inputs: dict) -> dict:
-    """Calls a signature function on numpy inputs; TF runtime errors keep their status code."""
+    """Calls a signature (`signatures.load_signatures`) on numpy inputs; TF errors keep their status code."""
     try:
-        outputs = function(**{alias: tf.constant(value) for alias, value in inputs.items()})
+        return function(**inputs)
     except tf.errors.OpError as error:
         code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL)
         raise ServingError(code, clean_tf_message(error.message)) from error
     except (TypeError, ValueError) as error:
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
-    return {alias: value.numpy() for alias, value in outputs.items()}
 
 
-def predict_arrays(version: LoadedVersion, signature_name: str, inputs: dict, output_filter=(), run=run_signature):
+def predict_arrays(
+    version: LoadedVersion,
+    signature_name: str,
+    inputs: dict,
+    output_filter=(),
+    run=run_signature,
+    method_name_check: bool = False,
+):
     """TF Serving's Predict checks and call on numpy inputs; returns (signature name, outputs).
 
     `run(function, inputs)` makes the call (the batching scheduler passes its own).
     """
     name, signature_def, function = version.signature(signature_name)
-    if signature_def.method_name != PREDICT_METHOD:
+    if method_name_check and signature_def.method_name not in PREDICT_METHODS:
         raise ServingError(
             grpc.StatusCode.INTERNAL,
-            f"Expected prediction signature method_name to be {PREDICT_METHOD}. Was: {signature_def.method_name}",
+            f"Expected prediction signature method_name to be one of {{{', '.join(PREDICT_METHODS)}}}. "
+            f"Was: {signature_def.method_name}",
         )
-    check_inputs(signature_def, inputs)
+    inputs = check_inputs(signature_def, inputs)
     aliases = check_output_filter(signature_def, output_filter)
     outputs = run(function, inputs)
     return name, {alias: outputs[alias] for alias in aliases}
 
 
 def predict(
-    version: LoadedVersion, request: predict_pb2.PredictRequest, run=run_signature
+    version: LoadedVersion, request: predict_pb2.PredictRequest, run=run_signature, method_name_check: bool = False
 ) -> predict_pb2.PredictResponse:
     """TF Serving's Predict on one loaded version, from request proto to response proto."""
     inputs = {alias: from_tensor_proto(alias, proto) for alias, proto in request.inputs.items()}
-    name, outputs = predict_arrays(version, request.model_spec.signature_name, inputs, request.output_filter, run)
+    signature_name, output_filter = request.model_spec.signature_name, request.output_filter
+    name, outputs = predict_arrays(version, signature_name, inputs, output_filter, run, method_name_check)
     response = predict_pb2.PredictResponse()
     response.model_spec.name = version.model_name
     response.model_spec.version.value = version.version

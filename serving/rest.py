@@ -6,7 +6,10 @@
 - `POST /v1/models/M[/versions/N|/labels/L]:predict` with `{"signature_name": ..., "instances": [...]}`
   (row format, answered with `predictions`) or `{"inputs": ...}` (columnar, answered with `outputs`).
   Binary values travel as `{"b64": "..."}`; string outputs whose alias ends in `_bytes` come back so.
-Errors are `{"error": message}` with the HTTP code of the gRPC status.
+- `POST /v1/models/M[...]:classify` / `:regress` with `{"examples": [{feature: value, ...}], "context": {...}}`
+  -> `{"results": [[[label, score], ...]]}` / `{"results": [value, ...]}`.
+Errors are `{"error": message}` with the HTTP code of the gRPC status; a path under `/v1/` that no
+route takes is a 400 `Malformed request`, as in TF Serving. The JSON codec is `json_codec.py`.
 
 Beside these, `GET /` serves a page that tries the model in a browser and `GET /v1/keras_fcn/...` the
 small extension it reads (see `page.py`).
@@ -14,29 +17,35 @@ small extension it reads (see `page.py`).
 
 from __future__ import annotations
 
-import base64
 import http.server
 import json
 import re
 import socket
 import threading
+import urllib.parse
 
 import grpc
-import numpy as np
-import tensorflow as tf
 from google.protobuf import json_format
+from tensorflow_serving.apis import classification_pb2, regression_pb2
 
-from . import page
+from . import classify as classify_lib
+from . import json_codec, page
+from . import regress as regress_lib
 from .errors import ServingError, log
-from .versions import State
+from .versions import DEFAULT_SIGNATURE, State
 
-_PATH = re.compile(
-    r"^/v1/models/(?P<name>[^/:]+)"
-    r"(?:/versions/(?P<version>\d+)|/labels/(?P<label>[^/:]+))?"
-    r"(?::(?P<verb>predict|classify|regress)|/(?P<metadata>metadata))?/?$"
+# TF Serving's routes (`http_rest_api_util.cc`): POST a verb, GET a status or metadata; the
+# path prefix matches in any case, the verb and `metadata` only in lower case.
+_POST = re.compile(
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
 )
+_GET = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:\/(metadata))?")
+_API = re.compile(r"(?i)/v1/.*")  # paths the REST API answers; others are not found
+# The model, version and verb of a path, for the request metrics' labels.
+_PATH = re.compile(r"(?i)/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/[^/:]+)?(?::(?P<verb>\w+))?")
 MAX_VERSION = (1 << 63) - 1  # versions are int64
 HTTP_CODES = {
+    grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400,
     grpc.StatusCode.OUT_OF_RANGE: 400,
@@ -44,6 +53,7 @@ HTTP_CODES = {
     grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
     grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
     grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
@@ -55,100 +65,31 @@ def _bad(message: str) -> ServingError:
     return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
-def _decode_b64(value):
-    """Replaces every `{"b64": s}` in a JSON value by the bytes it encodes."""
-    if isinstance(value, dict):
-        if set(value) == {"b64"}:
-            try:
-                return base64.b64decode(value["b64"], validate=True)
-            except (ValueError, TypeError) as error:
-                raise _bad(f"Unable to base64 decode: {error}") from error
-        return {k: _decode_b64(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_b64(v) for v in value]
-    return value
+def parse_path(method: str, path: str):
+    """(verb or subresource, {"name", "version", "label"}) of a REST path, as TF Serving parses it.
 
-
-def _to_array(alias: str, value, datatype: int) -> np.ndarray:
-    """A JSON value as a numpy array of the signature's dtype, refusing lossy conversions."""
-    dtype = tf.dtypes.as_dtype(datatype)
-    try:
-        if dtype == tf.string:
-            array = np.array(value, dtype=object)
-            if not all(isinstance(v, (bytes, str)) for v in array.flat):
-                raise ValueError('expected strings or {"b64": ...} values')
-            strings = np.empty(array.shape, dtype=object)
-            strings.flat[:] = [v.encode() if isinstance(v, str) else v for v in array.flat]
-            return strings
-        array = np.array(value)
-        if array.dtype == object or array.dtype.kind not in "biuf":
-            raise ValueError("ragged or non-numeric")
-        if dtype.is_integer and array.dtype.kind == "f":
-            raise ValueError(f"{dtype.name} expected, got floating point values")
-        if dtype.is_integer and array.size and (array.min() < dtype.min or array.max() > dtype.max):
-            raise ValueError(f"values out of the {dtype.name} range")
-        return array.astype(dtype.as_numpy_dtype)
-    except (ValueError, TypeError, OverflowError) as error:
-        raise _bad(f"Failed to process input '{alias}': {error}") from error
-
-
-def _parse_inputs(body: dict, signature_def) -> tuple[dict, bool]:
-    """Request JSON -> ({alias: array}, row_format)."""
-    if ("instances" in body) == ("inputs" in body):
-        raise _bad("JSON Value must contain exactly one of 'instances' (row format) or 'inputs' (columnar format)")
-    specs = signature_def.inputs
-    if "instances" in body:
-        instances = _decode_b64(body["instances"])
-        if not isinstance(instances, list) or not instances:
-            raise _bad("'instances' must be a non-empty JSON list")
-        named = all(isinstance(x, dict) for x in instances)
-        if not named:
-            if len(specs) != 1:
-                raise _bad(f"'instances' must hold objects keyed by input name; the signature has {sorted(specs)}")
-            columns = {next(iter(specs)): instances}
-        else:
-            names = set(instances[0])
-            if any(set(x) != names for x in instances):
-                raise _bad("every element of 'instances' must name the same inputs")
-            columns = {name: [x[name] for x in instances] for name in names}
-        return _arrays(columns, specs), True
-    inputs = _decode_b64(body["inputs"])
-    if not isinstance(inputs, dict) or (len(specs) == 1 and next(iter(specs)) not in inputs):
-        if len(specs) != 1:
-            raise _bad(f"'inputs' must be an object keyed by input name; the signature has {sorted(specs)}")
-        inputs = {next(iter(specs)): inputs}
-    return _arrays(inputs, specs), False
-
-
-def _arrays(values: dict, specs) -> dict:
-    # An input the signature lacks gets an empty placeholder: the name check then reports it.
-    return {a: _to_array(a, v, specs[a].dtype) if a in specs else np.empty(0) for a, v in values.items()}
-
-
-def _json_value(alias: str, array: np.ndarray):
-    if array.dtype == object or array.dtype.kind == "S":
-        if alias.endswith("_bytes"):
-            encode = lambda v: {"b64": base64.b64encode(v).decode("ascii")}
-        else:
-            encode = lambda v: v.decode("utf-8", "replace")
-        return np.vectorize(encode, otypes=[object])(array).tolist() if array.size else array.tolist()
-    return array.tolist()
-
-
-def _outputs_json(outputs: dict, row_format: bool) -> dict:
-    if not row_format:
-        if len(outputs) == 1:
-            ((alias, value),) = outputs.items()
-            return {"outputs": _json_value(alias, value)}
-        return {"outputs": {alias: _json_value(alias, value) for alias, value in outputs.items()}}
-    columns = {alias: _json_value(alias, value) for alias, value in outputs.items()}
-    sizes = {len(column) if isinstance(column, list) else -1 for column in columns.values()}
-    if len(sizes) != 1 or -1 in sizes:
-        raise _bad("in row format all outputs need the same batch size; use the columnar 'inputs' format")
-    if len(columns) == 1:
-        return {"predictions": next(iter(columns.values()))}
-    size = sizes.pop()
-    return {"predictions": [{alias: column[i] for alias, column in columns.items()} for i in range(size)]}
+    Raises:
+        ServingError: INVALID_ARGUMENT `Malformed request: METHOD PATH` for a path no route takes,
+            `Missing model name in request.` for `GET /v1/models`, `Failed to convert version`
+            beyond int64.
+    """
+    malformed = _bad(f"Malformed request: {method} {path}")
+    pattern = {"POST": _POST, "GET": _GET}.get(method)
+    match = pattern.fullmatch(path) if pattern else None
+    if match is None:
+        raise malformed
+    name, version, label, action = match.groups()
+    name = urllib.parse.unquote(name or "")
+    if version is not None:
+        if int(version) > MAX_VERSION:
+            raise _bad(f"Failed to convert version: {version} to numeric.")
+        version = int(version)
+    spec = {"name": name, "version": version, "label": urllib.parse.unquote(label) if label else ""}
+    if method == "POST" and action not in ("classify", "regress", "predict"):
+        raise malformed  # the verb matched in another case
+    if method == "GET" and not name:
+        raise _bad("Missing model name in request.")
+    return action, spec
 
 
 def status_json(response) -> dict:
@@ -175,13 +116,11 @@ def metadata_json(response) -> dict:
 
     signatures = get_model_metadata_pb2.SignatureDefMap()
     response.metadata["signature_def"].Unpack(signatures)
+    # As TF Serving prints it: proto field names, fields left at their defaults printed too.
+    options = {"preserving_proto_field_name": True, "always_print_fields_with_no_presence": True}
     return {
-        "model_spec": {
-            "name": response.model_spec.name,
-            "signature_name": "",
-            "version": str(response.model_spec.version.value),
-        },
-        "metadata": {"signature_def": json_format.MessageToDict(signatures, preserving_proto_field_name=True)},
+        "model_spec": json_format.MessageToDict(response.model_spec, **options),
+        "metadata": {"signature_def": json_format.MessageToDict(signatures, **options)},
     }
 
 
@@ -196,8 +135,9 @@ def make_handler(service):
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             log.debug("REST %s", format % args)
 
-        def _reply(self, code: int, body: dict) -> None:
-            self._send(code, "application/json", json.dumps(body).encode("utf-8"))
+        def _reply(self, code: int, body) -> None:
+            data = (body if isinstance(body, str) else json.dumps(body)).encode("utf-8")
+            self._send(code, "application/json", data)
 
         def _send(self, code: int, content_type: str, data: bytes, headers: dict | None = None) -> None:
             self.send_response(code)
@@ -208,33 +148,32 @@ def make_handler(service):
             self.end_headers()
             self.wfile.write(data)
 
-        def _route(self, method: str):
-            match = _PATH.match(self.path.split("?")[0])
-            if match is None:
-                raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: {method} {self.path}")
-            version = int(match["version"]) if match["version"] else None
-            if version is not None and version > MAX_VERSION:
-                raise _bad(f"Failed to convert version: {match['version']} to numeric.")  # beyond int64
-            return match, {"name": match["name"], "version": version, "label": match["label"] or ""}
-
-        def do_GET(self):  # noqa: N802 - http.server's name
+        def _handle(self, method: str) -> None:
             try:
+                length = int(self.headers.get("Content-Length") or 0)
+                raw = self.rfile.read(length) if length else b""
                 path = self.path.split("?")[0]
-                file = page.static_file(path)
-                if file is not None:
-                    self._send(200, *file, page.STATIC_HEADERS)
-                    return
-                extension = page.extension_json(service, path)
-                if extension is not None:
-                    self._reply(200, extension)
-                    return
-                match, spec = self._route("GET")
-                if match["verb"]:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: GET {self.path}")
-                if match["metadata"]:
-                    self._reply(200, metadata_json(service.metadata_for(**spec)))
+                if method == "GET":
+                    # The page and its extension first: TF Serving's routes are unchanged by them.
+                    file = page.static_file(path)
+                    if file is not None:
+                        self._send(200, *file, page.STATIC_HEADERS)
+                        return
+                    extension = page.extension_json(service, path)
+                    if extension is not None:
+                        self._reply(200, extension)
+                        return
+                if not _API.fullmatch(path):
+                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {method} {path}")
+                action, spec = parse_path(method, path)
+                if method == "GET":
+                    if action == "metadata":
+                        self._reply(200, metadata_json(service.metadata_for(**spec)))
+                    else:
+                        self._reply(200, status_json(service.status_for(**spec)))
                 else:
-                    self._reply(200, status_json(service.status_for(**spec)))
+                    reply, self.answered = _post(service, action, spec, raw)  # answered: for the metrics
+                    self._reply(200, reply)
             except ServingError as error:
                 self.status = error.code  # for the request metrics
                 self._reply(HTTP_CODES.get(error.code, 500), {"error": error.message})
@@ -242,35 +181,65 @@ def make_handler(service):
                 log.exception("REST request failed")
                 self._reply(500, {"error": f"{type(error).__name__}: {error}"})
 
+        def do_GET(self):  # noqa: N802 - http.server's names
+            self._handle("GET")
+
         def do_POST(self):  # noqa: N802
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
-                match, spec = self._route("POST")
-                if not match["verb"]:
-                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: POST {self.path}")
-                try:
-                    body = json.loads(raw or b"null")
-                except ValueError as error:
-                    raise _bad(f"JSON Parse error: {error}") from error
-                if not isinstance(body, dict):
-                    raise _bad("The request body must be a JSON object")
-                if match["verb"] != "predict":
-                    service.classify_or_regress(match["verb"], spec, body.get("signature_name", ""))
-                version = service.resolve(**spec)
-                signature_name, signature_def, _ = version.signature(body.get("signature_name", ""))
-                inputs, row_format = _parse_inputs(body, signature_def)
-                _, outputs = service.predict_arrays(version, signature_name, inputs)
-                self.answered = (version.version, signature_name)  # for the request metrics
-                self._reply(200, _outputs_json(outputs, row_format))
-            except ServingError as error:
-                self.status = error.code  # for the request metrics
-                self._reply(HTTP_CODES.get(error.code, 500), {"error": error.message})
-            except Exception as error:  # the server stays up whatever the request held
-                log.exception("REST request failed")
-                self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+            self._handle("POST")
+
+        def do_OPTIONS(self):  # noqa: N802 - a CORS preflight: 200 with an Origin, else 400 (both empty)
+            if not _API.fullmatch(self.path.split("?")[0]):
+                self._reply(404, {"error": f"Not found: OPTIONS {self.path}"})
+                return
+            origin = re.search(r"https?://", self.headers.get("Origin", ""))
+            self.send_response(200 if origin else 400)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_PUT(self):  # noqa: N802 - TF Serving answers other methods "Malformed request"
+            self._handle("PUT")
+
+        def do_DELETE(self):  # noqa: N802
+            self._handle("DELETE")
+
+        def do_PATCH(self):  # noqa: N802
+            self._handle("PATCH")
 
     return Handler
+
+
+def _post(service, verb: str, spec: dict, raw: bytes) -> tuple[str, tuple[int, str]]:
+    """The JSON reply of a POST (the body parsed, the request run, the result written), and the version
+    and signature that answered it."""
+    document = json_codec.parse_json(raw)
+    signature_name = json_codec.signature_name(document)
+    if verb in ("classify", "regress"):
+        model_input = json_codec.examples_input(document)
+        version = service.resolve(**spec)
+        if verb == "classify":
+            request = classification_pb2.ClassificationRequest(input=model_input)
+            request.model_spec.signature_name = signature_name
+            response = classify_lib.classify(version, request, service.run, service.method_name_check)
+            return json_codec.classification_json(response.result), _answered(response)
+        request = regression_pb2.RegressionRequest(input=model_input)
+        request.model_spec.signature_name = signature_name
+        response = regress_lib.regress(version, request, service.run, service.method_name_check)
+        return json_codec.regression_json(response.result), _answered(response)
+    version = service.resolve(**spec)
+    name = signature_name or DEFAULT_SIGNATURE
+    if name not in version.signature_defs:
+        raise _bad(f'Serving signature name: "{name}" not found in signature def')
+    tensor_infos = version.signature_defs[name].inputs
+    if not tensor_infos:
+        raise _bad(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+    booleans = b"true" in raw or b"false" in raw  # else numpy may build numeric arrays directly
+    inputs, row_format = json_codec.predict_inputs(document, tensor_infos, booleans)
+    _, outputs = service.predict_arrays(version, name, inputs)
+    return json_codec.tensors_json(outputs, row_format), (version.version, name)
+
+
+def _answered(response) -> tuple[int, str]:
+    return response.model_spec.version.value, response.model_spec.signature_name
 
 
 class RestServer(http.server.ThreadingHTTPServer):

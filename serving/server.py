@@ -27,8 +27,11 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.apis import model_pb2 as _model_pb2
 
+from . import classify as classify_lib
 from . import monitoring, tls
+from . import multi_inference as multi_inference_lib
 from . import predict as predict_lib
+from . import regress as regress_lib
 from .batching import BatchScheduler
 from .config import (
     BatchingParameters,
@@ -43,18 +46,25 @@ from .grpc_options import MAX_MESSAGE_BYTES, server_options  # noqa: F401 - the 
 from .manager import ModelManager
 from .rest import _PATH as REST_PATH
 from .rest import RestServer, make_handler
-from .versions import DEFAULT_SIGNATURE, LoadedVersion
+from .versions import LoadedVersion
 
-CLASSIFY_METHOD = "tensorflow/serving/classify"
-REGRESS_METHOD = "tensorflow/serving/regress"
+
+def _spec(request, field: str = "model_spec"):
+    """The request's ModelSpec; INVALID_ARGUMENT `Missing ModelSpec` when it has none (TF Serving's check)."""
+    if not request.HasField(field):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
+    return getattr(request, field)
 
 
 class ServingService:
     """The requests both front ends answer, on a `ModelManager` (and a batch scheduler if enabled)."""
 
-    def __init__(self, manager: ModelManager, scheduler: BatchScheduler | None = None):
+    def __init__(
+        self, manager: ModelManager, scheduler: BatchScheduler | None = None, method_name_check: bool = False
+    ):
         self.manager = manager
         self.scheduler = scheduler
+        self.method_name_check = method_name_check  # TF Serving's --enable_signature_method_name_check
 
     def run(self, function, inputs: dict) -> dict:
         return self.scheduler.run(function, inputs) if self.scheduler else predict_lib.run_signature(function, inputs)
@@ -63,13 +73,28 @@ class ServingService:
         return self.manager.model(name, version).resolve(version, label)
 
     def predict(self, request):
-        return predict_lib.predict(self.manager.resolve(request.model_spec), request, self.run)
+        return predict_lib.predict(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
+
+    def classify(self, request):
+        return classify_lib.classify(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
+
+    def regress(self, request):
+        return regress_lib.regress(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
+
+    def multi_inference(self, request):
+        # TF Serving resolves the first task's model, then checks the tasks against it.
+        spec = request.tasks[0].model_spec if request.tasks else _model_pb2.ModelSpec()
+        version = self.manager.resolve(spec)
+        return multi_inference_lib.multi_inference(version, request, self.run, self.method_name_check)
 
     def predict_arrays(self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=()):
-        return predict_lib.predict_arrays(version, signature_name, inputs, output_filter, self.run)
+        return predict_lib.predict_arrays(
+            version, signature_name, inputs, output_filter, self.run, self.method_name_check
+        )
 
     def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
         """`GetModelMetadata`: only the `signature_def` field exists, as in TF Serving."""
+        spec = _spec(request)
         fields = list(request.metadata_field)
         if not fields:
             raise ServingError(
@@ -79,7 +104,7 @@ class ServingService:
         for field in fields:
             if field != "signature_def":
                 raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
-        return self._metadata(self.manager.resolve(request.model_spec))
+        return self._metadata(self.manager.resolve(spec))
 
     def metadata_for(self, name: str, version: int | None = None, label: str = ""):
         return self._metadata(self.resolve(name, version, label))
@@ -96,7 +121,7 @@ class ServingService:
         return response
 
     def status(self, request):
-        return self.manager.status(request.model_spec)
+        return self.manager.status(_spec(request))
 
     def status_for(self, name: str, version: int | None = None, label: str = ""):
         if label:  # a label names one version: report that one
@@ -106,34 +131,10 @@ class ServingService:
             spec.version.value = version
         return self.manager.status(spec)
 
-    def classify_or_regress(self, verb: str, spec: dict, signature_name: str) -> None:
-        """Classify/Regress: TF Serving's answers for a model whose signatures are predict-style."""
-        version = self.resolve(**spec)
-        name = signature_name or DEFAULT_SIGNATURE
-        if name not in version.signature_defs:
-            raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"No signature was found with the name: {name}")
-        method = CLASSIFY_METHOD if verb == "classify" else REGRESS_METHOD
-        kind = "classification" if verb == "classify" else "regression"
-        was = version.signature_defs[name].method_name
-        if was != method:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"Expected {kind} signature method_name to be {method}. Was: {was}",
-            )
-        raise ServingError(grpc.StatusCode.UNIMPLEMENTED, f"{verb} signatures are not served by this server")
-
     def reload(self, request):
         configs = validate_model_configs(list(request.config.model_config_list.config), "ReloadConfigRequest")
         self.manager.reload(configs)
         return model_management_pb2.ReloadConfigResponse()
-
-
-def _spec_dict(model_spec) -> dict:
-    return {
-        "name": model_spec.name,
-        "version": model_spec.version.value if model_spec.HasField("version") else None,
-        "label": model_spec.version_label if model_spec.WhichOneof("version_choice") == "version_label" else "",
-    }
 
 
 def _answer(context, handler, request):
@@ -158,22 +159,13 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _answer(context, self.service.metadata, request)
 
     def Classify(self, request, context):  # noqa: N802
-        return _answer(
-            context,
-            lambda r: self.service.classify_or_regress(
-                "classify", _spec_dict(r.model_spec), r.model_spec.signature_name
-            ),
-            request,
-        )
+        return _answer(context, self.service.classify, request)
 
     def Regress(self, request, context):  # noqa: N802
-        return _answer(
-            context,
-            lambda r: self.service.classify_or_regress(
-                "regress", _spec_dict(r.model_spec), r.model_spec.signature_name
-            ),
-            request,
-        )
+        return _answer(context, self.service.regress, request)
+
+    def MultiInference(self, request, context):  # noqa: N802
+        return _answer(context, self.service.multi_inference, request)
 
 
 class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -210,10 +202,13 @@ class ModelServer:
             the REST port serves the metrics in Prometheus's format (see `monitoring`).
         ssl_config_file: an `SSLConfig` text file: TLS on gRPC, optionally requiring client
             certificates (see `tls`).
+        enable_signature_method_name_check: refuse signatures whose method name does not match the
+            request kind (TF Serving's flag of that name; off by default, as there).
 
     Raises:
         ValueError: on a missing model name/base path, a bad configuration file or option.
-        RuntimeError: from `start()` when a port cannot be bound.
+        RuntimeError: from `start()` when a port cannot be bound, or when a model none of whose
+            versions loads (`N model(s) did not become available: ...`, as TF Serving fails to start).
     """
 
     def __init__(
@@ -234,6 +229,7 @@ class ModelServer:
         grpc_socket_path: str | None = None,
         monitoring_config_file: str | None = None,
         ssl_config_file: str | None = None,
+        enable_signature_method_name_check: bool = False,
     ):
         if model_config_file:
             configs = read_model_config_file(model_config_file)
@@ -269,6 +265,7 @@ class ModelServer:
             )
         self._ssl_config = tls.read_ssl_config(ssl_config_file) if ssl_config_file else None
         self.metrics = monitoring.Metrics()
+        self._method_name_check = enable_signature_method_name_check
         self.grpc_port = self.rest_port = None
         self._grpc = self._rest = self._manager = self.scheduler = self._watcher = None
         self._stopped = threading.Event()
@@ -289,7 +286,7 @@ class ModelServer:
     def start(self) -> ModelServer:
         """Loads the versions present, then opens the gRPC and REST ports and starts polling."""
         self.scheduler = BatchScheduler(self.batching_parameters) if self.batching_parameters else None
-        service = ServingService(None, self.scheduler)
+        service = ServingService(None, self.scheduler, self._method_name_check)
         self._manager = ModelManager(
             self._configs,
             self._poll_seconds,
@@ -297,7 +294,11 @@ class ModelServer:
             on_load=self.metrics.record_load,
         )
         service.manager = self._manager
-        self._manager.start()
+        try:
+            self._manager.start()
+        except RuntimeError:
+            self.stop()  # as TF Serving, a model that cannot load stops the start
+            raise
         if self._config_poll_seconds:
             self._watcher = ConfigFileWatcher(
                 self._config_file, self._config_poll_seconds, self._manager.configs, self._manager.reload

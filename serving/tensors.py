@@ -12,6 +12,15 @@ from .errors import ServingError
 MAX_REQUEST_ELEMENTS = 1 << 30  # no 1 GiB request message holds more values
 
 
+_TF_NAMES = {"float32": "float", "float64": "double", "float16": "half"}
+
+
+def data_type_string(dtype) -> str:
+    """TensorFlow's C++ name of a dtype (`float`, `double`, `int32`, `string`), as its messages say it."""
+    name = tf.dtypes.as_dtype(dtype).name
+    return _TF_NAMES.get(name, name)
+
+
 def _varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -38,6 +47,7 @@ def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
         return proto
     dtype = tf.dtypes.as_dtype(array.dtype)
     proto = tensor_pb2.TensorProto(dtype=dtype.as_datatype_enum)
+    proto.tensor_shape.SetInParent()  # a scalar still says its shape is [] (TF's AsProtoField does)
     for size in array.shape:
         proto.tensor_shape.dim.add(size=size)
     flat = array.ravel()

@@ -19,6 +19,7 @@ from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, read_class_names, version_folders
 
 from .errors import ServingError, log
+from .signatures import load_signatures
 
 DEFAULT_SIGNATURE = "serving_default"
 MAX_WARMUP_RECORDS = 1000
@@ -27,26 +28,46 @@ MAX_NUM_LOAD_RETRIES = 5  # TF Serving's --max_num_load_retries default; here on
 State = get_model_status_pb2.ModelVersionStatus.State
 
 
-def read_signature_defs(path: str) -> dict:
-    """The SignatureDefs of the `serve` MetaGraph in `path/saved_model.pb`, keyed by name."""
+def read_meta_graph(path: str):
+    """The `serve` MetaGraphDef of `path/saved_model.pb`.
+
+    Raises:
+        FileNotFoundError: with TensorFlow's message when the folder holds no SavedModel.
+        ValueError: when no MetaGraph is tagged `serve`.
+    """
     saved_model = saved_model_pb2.SavedModel()
-    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+    pb = os.path.join(path, "saved_model.pb")
+    if not os.path.isfile(pb):
+        raise FileNotFoundError(f"Could not find SavedModel .pb or .pbtxt at supplied export directory path: {path}")
+    with open(pb, "rb") as f:
         saved_model.ParseFromString(f.read())
     for meta_graph in saved_model.meta_graphs:
         if "serve" in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
+            return meta_graph
     raise ValueError(f"{path} has no MetaGraph tagged 'serve'. Received: path={path}")
 
 
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _load_error_code(error: Exception) -> grpc.StatusCode:
+    """The code GetModelStatus reports for a failed load: TensorFlow's own, NOT_FOUND for a missing SavedModel."""
+    if isinstance(error, tf.errors.OpError):
+        return _GRPC_CODES.get(error.error_code, grpc.StatusCode.UNKNOWN)
+    if isinstance(error, FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    return grpc.StatusCode.UNKNOWN
+
+
 class LoadedVersion:
-    """One SavedModel version in memory: its signature functions and SignatureDefs."""
+    """One SavedModel version in memory: its signatures (callables on numpy arrays) and SignatureDefs."""
 
     def __init__(self, model_name: str, version: int, path: str):
         self.model_name, self.version, self.path = model_name, version, path
-        self.signature_defs = read_signature_defs(path)
+        meta_graph = read_meta_graph(path)
+        self.signature_defs = dict(meta_graph.signature_def)
         self.class_names = read_class_names(path)  # None when the export has no assets.extra/class_names.txt
-        self._saved_model = tf.saved_model.load(path)
-        self.functions = dict(self._saved_model.signatures)
+        self.functions, self._saved_model = load_signatures(path, meta_graph)
 
     def signature(self, name: str):
         """(SignatureDef, function) for `name` (empty = serving_default), else FAILED_PRECONDITION."""
@@ -79,6 +100,7 @@ class ServedModel:
         self._on_load = on_load  # on_load(path, ok, seconds) after each attempt (the load metrics)
         self._versions: dict[int, LoadedVersion] = {}
         self._states: dict[int, tuple[int, str]] = {}  # version -> (State, error message)
+        self._error_codes: dict[int, grpc.StatusCode] = {}  # version -> the code of its failed load
         self._failures: dict[int, int] = {}  # version -> failed loads since its folder appeared
         self._identities: dict[int, tuple] = {}  # loaded version -> its folder's (inode, mtime)
         self._folders: dict[int, str] = {}  # version -> its folder, as the last poll listed them
@@ -160,7 +182,10 @@ class ServedModel:
                 error,
             )
             with self._lock:
-                self._states[version] = (State.END, f"{type(error).__name__}: {error}")
+                # TensorFlow's own load errors read as TF Serving reports them; others name their type.
+                known = isinstance(error, (FileNotFoundError, tf.errors.OpError))
+                self._states[version] = (State.END, str(error) if known else f"{type(error).__name__}: {error}")
+                self._error_codes[version] = _load_error_code(error)
             if self._on_load is not None:
                 self._on_load(path, False, time.monotonic() - started)
             return False
@@ -169,6 +194,7 @@ class ServedModel:
         with self._lock:
             self._versions[version] = loaded
             self._states[version] = (State.AVAILABLE, "")
+            self._error_codes.pop(version, None)
         if self._on_load is not None:
             self._on_load(path, True, time.monotonic() - started)
         log.info(
@@ -215,6 +241,17 @@ class ServedModel:
         """The loaded version numbers, newest first."""
         with self._lock:
             return sorted(self._versions, reverse=True)
+    def load_errors(self) -> dict[int, str]:
+        """{version: error} of the failed loads when no version is AVAILABLE (else empty)."""
+        with self._lock:
+            if any(state == State.AVAILABLE for state, _ in self._states.values()):
+                return {}
+            return {v: error for v, (state, error) in self._states.items() if state == State.END and error}
+
+    def error_code(self, version: int) -> grpc.StatusCode:
+        """The status code of `version`'s failed load (UNKNOWN when the error had none)."""
+        with self._lock:
+            return self._error_codes.get(version, grpc.StatusCode.UNKNOWN)
 
     def states(self) -> dict[int, tuple[int, str]]:
         with self._lock:

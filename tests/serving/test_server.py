@@ -174,7 +174,7 @@ def test_failed_loads_are_retried_a_bounded_number_of_times(tmp_path, base):
     os.makedirs(os.path.join(local, "1"))
     for _ in range(3):  # the first load and two retries
         poll()
-        assert _states(served) == {1: "END"} and "saved_model.pb" in served.states()[1][1]
+        assert _states(served) == {1: "END"} and "Could not find SavedModel" in served.states()[1][1]
     shutil.copytree(os.path.join(path, "1"), os.path.join(local, "1"), dirs_exist_ok=True)
     poll()
     assert _states(served) == {1: "END"}  # no retries left
