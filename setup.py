@@ -46,6 +46,8 @@ setup(
             "nbclient>=0.9",
             "nbformat>=5.9",
             "ipykernel>=6.25",
+            # an independent Caffe implementation for the .caffemodel importer's tests (5.x has no Caffe reader)
+            "opencv-python-headless>=4.5,<5",
         ],
     },
     entry_points={"console_scripts": ["keras-fcn=keras_fcn.cli:main"]},
