@@ -30,6 +30,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "numpy>=1.26",
         "h5py>=3.10",
+        "protobuf>=4.21",  # the .caffemodel schema (message_factory.GetMessageClass)
         "pillow>=10",
         # training: TensorBoard logs, SBD's .mat masks, training-curve plots
         "tensorboard>=2.16",

@@ -20,6 +20,7 @@ cost about three times the weights while they run), so the peak stays near the m
 from __future__ import annotations
 
 import ast
+import gc
 import math
 import mmap
 import os
@@ -125,12 +126,18 @@ class CaffeNet:
     def by_name(self) -> dict[str, CaffeLayer]:
         return {layer.name: layer for layer in self.layers}
 
-    def release(self, blob: Blob) -> None:
-        """Drops a copied blob's file pages from this process's memory (the page cache keeps them)."""
-        if self._map is None or not hasattr(mmap, "MADV_DONTNEED"):
+    def release(self, blob: Blob, start: int = 0, stop: int | None = None) -> None:
+        """Drops the file pages of a copied blob (rows `start:stop`) from this process's memory.
+
+        The pages stay in the system's page cache; only this process's resident size shrinks.
+        """
+        if self._map is None or not hasattr(mmap, "MADV_DONTNEED") or not blob.array.size:
             return
-        start = blob.offset - blob.offset % mmap.PAGESIZE
-        self._map.madvise(mmap.MADV_DONTNEED, start, blob.offset + blob.array.nbytes - start)
+        row = blob.array[:1].nbytes if blob.array.ndim else blob.array.nbytes
+        begin = blob.offset + start * row
+        end = blob.offset + (blob.array.shape[0] if stop is None else stop) * row
+        aligned = begin - begin % mmap.PAGESIZE
+        self._map.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
 
 
 def _varint(buf, pos: int, end: int) -> tuple[int, int]:
@@ -568,20 +575,28 @@ def _expand_groups(weight: np.ndarray, group: int) -> np.ndarray:
     return full
 
 
-def _assign_kernel(variable, rows: np.ndarray, to_keras) -> None:
+def _assign_kernel(variable, rows: np.ndarray, to_keras, release=lambda start, stop: None) -> None:
     """Assigns Caffe weights whose first axis is the output units, as `to_keras(rows[a:b])`, slice by slice.
 
     `to_keras` maps `(units, ...)` Caffe rows to a Keras kernel ending in `units`; slicing the units keeps the
     transposed copy small (fc6's 411 MB would otherwise be copied whole).
     """
     step = max(1, int(_SLICE_BYTES // max(rows[:1].nbytes, 1)))
-    if step >= rows.shape[0]:
+    if step >= rows.shape[0] or keras.backend.backend() != "tensorflow":
         variable.assign(np.ascontiguousarray(to_keras(rows), dtype=variable.dtype))
         return
-    target = variable.value  # the backend variable (TensorFlow), which assigns slices in place
+    import tensorflow as tf
+
+    # The raw op writes the slice into the variable's buffer; `v[..., a:b].assign` first reads the whole
+    # variable, which makes TensorFlow copy all of it (411 MB for fc6) on every write.
+    handle, shape = variable.value.handle, tuple(variable.shape)
     for start in range(0, rows.shape[0], step):
-        piece = to_keras(rows[start : start + step])
-        target[..., start : start + step].assign(np.ascontiguousarray(piece, dtype=variable.dtype))
+        piece = np.ascontiguousarray(to_keras(rows[start : start + step]), dtype=variable.dtype)
+        tf.raw_ops.ResourceStridedSliceAssign(
+            ref=handle, begin=[0] * (len(shape) - 1) + [start], end=[*shape[:-1], start + piece.shape[-1]],
+            strides=[1] * len(shape), value=piece,
+        )  # fmt: skip
+        release(start, start + step)
 
 
 def transplant(net: CaffeNet, found: Recognised, model: keras.Model) -> list[str]:
@@ -597,17 +612,25 @@ def transplant(net: CaffeNet, found: Recognised, model: keras.Model) -> list[str
         if layer.type == "Scale":  # its values are in the Rescaling layer's config already
             filled.append(keras_name)
             continue
-        weight = layer.blobs[0].array
+        blob = layer.blobs[0]
+        weight = blob.array
+
+        def release(start, stop, blob=blob):
+            net.release(blob, start, stop)
+
         if layer.type == "Convolution":  # (out, in, kh, kw) -> (kh, kw, in, out)
-            _assign_kernel(target.kernel, weight, lambda rows: rows.transpose(2, 3, 1, 0))
+            _assign_kernel(target.kernel, weight, lambda rows: rows.transpose(2, 3, 1, 0), release)
         elif layer.type == "InnerProduct":
             weight = weight.reshape(weight.shape[-2:])  # legacy blobs are (1, 1, out, in)
+            blob = Blob(weight.shape, weight, blob.offset)  # rows are output units either way
             if keras_name == "fc6":  # (out, c*h*w) over Caffe's (c, h, w) pool5
                 feature = (found.backbone_filters[-1], found.window, found.window)
                 _assign_kernel(target.kernel, weight,
-                               lambda rows, feature=feature: surgery.caffe_fc_to_conv_kernel(rows, feature))
+                               lambda rows, feature=feature: surgery.caffe_fc_to_conv_kernel(rows, feature),
+                               lambda start, stop, blob=blob: net.release(blob, start, stop))  # fmt: skip
             else:  # (out, in) -> (1, 1, in, out)
-                _assign_kernel(target.kernel, weight, lambda rows: rows.T[None, None])
+                _assign_kernel(target.kernel, weight, lambda rows: rows.T[None, None],
+                               lambda start, stop, blob=blob: net.release(blob, start, stop))  # fmt: skip
         elif layer.type == "Deconvolution":  # (in, out/group, kh, kw) -> (kh, kw, out, in)
             full = _expand_groups(weight, _geometry(layer)["group"])
             target.kernel.assign(np.ascontiguousarray(surgery.caffe_deconv_to_keras_kernel(full), "float32"))
@@ -763,6 +786,8 @@ def convert_caffemodel(
     if not force and (os.path.exists(output) or os.path.exists(names_path)):
         raise FileExistsError(f"The output exists; pass --force to overwrite it. Received: output={output!r}")
     model, found = _load(path, prototxt)
+    probe = np.random.default_rng(0).integers(0, 256, (1, 37, 45, 3)).astype("uint8")
+    expected = keras.ops.convert_to_numpy(model(probe))
 
     directory = os.path.dirname(os.path.abspath(output))
     fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".keras", dir=directory)
@@ -771,12 +796,12 @@ def convert_caffemodel(
     os.close(fd)
     try:
         model.save(tmp)
+        del model  # before reloading: the two copies of the weights need not be in memory together
+        gc.collect()
         with open(tmp_names, "w", encoding="utf-8") as handle:
             handle.write("".join(f"{name}\n" for name in found.class_names))
         reloaded = keras.saving.load_model(tmp, compile=False)
-        probe = np.random.default_rng(0).integers(0, 256, (1, 37, 45, 3)).astype("uint8")
-        max_abs_diff = float(np.max(np.abs(keras.ops.convert_to_numpy(model(probe))
-                                           - keras.ops.convert_to_numpy(reloaded(probe)))))  # fmt: skip
+        max_abs_diff = float(np.max(np.abs(expected - keras.ops.convert_to_numpy(reloaded(probe)))))
         if max_abs_diff != 0:
             raise CaffeModelError(f"The saved model differs from the imported one by {max_abs_diff}. "
                                   f"Received: output={output!r}")  # fmt: skip
