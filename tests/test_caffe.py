@@ -254,3 +254,31 @@ def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, capsys
         assert os.listdir(out_dir) == []
     code = main(["convert", "--caffemodel", str(files["shapes"]), "--output", str(out_dir / "m.h5")])
     assert code == 2 and "'.keras'" in capsys.readouterr().err and os.listdir(out_dir) == []
+
+
+def test_slice_by_slice_copy_equals_a_whole_copy(tmp_path, monkeypatch):
+    prototxt, caffemodel = caffe_nets.vgg16_net(classes=5).write(str(tmp_path), (224, 224))
+    whole = caffe.load_caffemodel(caffemodel)
+    monkeypatch.setattr(caffe, "_SLICE_BYTES", 1)  # one output unit at a time, pages released after each
+    sliced = caffe.load_caffemodel(caffemodel, prototxt)
+    for a, b in zip(whole.weights, sliced.weights, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+
+
+def test_nyud_hha_net_is_refused_when_its_data_layer_says_so(tmp_path):
+    writer = caffe_nets.fcn_net("fcn32s", 40, python_param=str({"tops": ["hha", "label"], "split": "trainval"}))
+    _, caffemodel = writer.write(str(tmp_path), (32, 32))
+    with pytest.raises(caffe.CaffeModelError, match="hha"):
+        caffe.load_caffemodel(caffemodel)
+
+
+def test_cli_convert_with_prototxt_and_flag_errors(tmp_path, capsys):
+    prototxt, caffemodel = caffe_nets.fcn_net("fcn32s", 21).write(str(tmp_path), (32, 32))
+    output = tmp_path / "m.keras"
+    assert main(["convert", "--caffemodel", caffemodel, "--prototxt", prototxt, "--output", str(output),
+                 "--quiet"]) == 0  # fmt: skip
+    assert capsys.readouterr().out == "" and output.exists() and (tmp_path / "m.classes.txt").exists()
+    assert main(["convert", "--caffemodel", caffemodel, "--output", str(output)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["convert", "--input", caffemodel, "--prototxt", prototxt, "--output", "x.weights.h5"]) == 2
+    assert "--prototxt goes with --caffemodel" in capsys.readouterr().err
