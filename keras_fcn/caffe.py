@@ -12,9 +12,10 @@ Recognised: the reference's voc-fcn32s/16s/8s, voc-fcn8s-atonce, pascalcontext-f
 siftflow-fcn* (its semantic head; the geometric head is left out) and the plain `VGG_ILSVRC_16_layers`
 classifier (legacy V1 layers; it becomes the convolutionalized classifier, fc6/fc7/fc8 as convolutions).
 
-Memory: the file is mapped, not read; each blob is copied into its Keras variable in slices of its output
-units and its pages are released, and the model is built with zero initial weights (random initialisers
-cost about three times the weights while they run), so the peak stays near the model's own size.
+Memory: the file is mapped, not read (`keras_fcn.caffe_reader`); each blob is copied into its Keras variable
+in slices of its output units and its pages are released, and the model is built with zero initial weights
+(random initialisers cost about three times the weights while they run), so the peak stays near the model's
+own size.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import ast
 import gc
 import math
-import mmap
 import os
 import resource
 import tempfile
@@ -34,6 +34,7 @@ import numpy as np
 
 from keras_fcn import caffe_proto, surgery
 from keras_fcn.backbone import VGG16_BLOCK_DEPTHS
+from keras_fcn.caffe_reader import Blob, CaffeLayer, CaffeModelError, CaffeNet, read_caffemodel
 from keras_fcn.layers import CAFFE_BGR_MEAN, REFERENCE_BGR_MEAN, CaffePreprocessing
 
 # --- the reference's datasets: classes (in output order) and mean pixels (BGR), from its data layers -------
@@ -67,6 +68,8 @@ SIFT_FLOW_CLASSES = (
 
 @dataclass(frozen=True)
 class Dataset:
+    """One of the reference's datasets: its class names in output order and its mean pixel."""
+
     name: str
     class_names: tuple[str, ...]
     mean: tuple[float, float, float]  # BGR, as its data layer subtracts it
@@ -93,179 +96,6 @@ UPSAMPLING = {"upscore": 32, "upscore2": 2, "upscore16": 16, "upscore_pool4": 2,
 CROPS = ("score_pool4c", "score_pool3c", "score")
 # Assign blobs larger than this in slices of output units, so that no full transposed copy is made.
 _SLICE_BYTES = 32 * 2**20
-
-
-class CaffeModelError(ValueError):
-    """A `.caffemodel` that cannot be read or is not a net this importer knows: the message names the problem."""
-
-
-# --- reading: the wire format walked by hand at the top, protobuf for each layer's small fields ------------
-@dataclass
-class Blob:
-    shape: tuple[int, ...]
-    array: np.ndarray  # float32 or float64, a view on the mapped file (C order, Caffe's layout)
-    offset: int  # where its data lies in the file (for releasing the pages)
-
-
-@dataclass
-class CaffeLayer:
-    name: str
-    type: str
-    params: object  # LayerParameter (or V1LayerParameter) without its blobs
-    blobs: list[Blob] = field(default_factory=list)
-
-
-@dataclass
-class CaffeNet:
-    name: str
-    layers: list[CaffeLayer]
-    legacy: bool  # V1 `layers` (e.g. VGG_ILSVRC_16_layers) rather than `layer`
-    path: str = ""
-    _map: mmap.mmap | None = None
-
-    def by_name(self) -> dict[str, CaffeLayer]:
-        return {layer.name: layer for layer in self.layers}
-
-    def release(self, blob: Blob, start: int = 0, stop: int | None = None) -> None:
-        """Drops the file pages of a copied blob (rows `start:stop`) from this process's memory.
-
-        The pages stay in the system's page cache; only this process's resident size shrinks.
-        """
-        if self._map is None or not hasattr(mmap, "MADV_DONTNEED") or not blob.array.size:
-            return
-        row = blob.array[:1].nbytes if blob.array.ndim else blob.array.nbytes
-        begin = blob.offset + start * row
-        end = blob.offset + (blob.array.shape[0] if stop is None else stop) * row
-        aligned = begin - begin % mmap.PAGESIZE
-        self._map.madvise(mmap.MADV_DONTNEED, aligned, end - aligned)
-
-
-def _varint(buf, pos: int, end: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise CaffeModelError("truncated or corrupt varint")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-
-
-def _fields(buf, start: int, end: int):
-    """Yields `(number, wire_type, field_start, value_start, value_end, varint_value)` of one message."""
-    pos = start
-    while pos < end:
-        field_start = pos
-        key, pos = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        value = None
-        if wire == 0:
-            value, pos2 = _varint(buf, pos, end)
-        elif wire == 1:
-            pos2 = pos + 8
-        elif wire == 2:
-            length, pos = _varint(buf, pos, end)
-            pos2 = pos + length
-        elif wire == 5:
-            pos2 = pos + 4
-        else:  # groups (3, 4) are not in Caffe's schema; 6 and 7 do not exist
-            raise CaffeModelError(f"unexpected wire type {wire} at byte {field_start}")
-        if number == 0 or pos2 > end:
-            raise CaffeModelError(f"truncated or corrupt field at byte {field_start}")
-        yield number, wire, field_start, pos, pos2, value
-        pos = pos2
-
-
-def _read_blob(buf, start: int, end: int, layer: str) -> Blob:
-    legacy = [0, 0, 0, 0]
-    shape = None
-    data = None
-    for number, wire, _, value_start, value_end, value in _fields(buf, start, end):
-        if number in (caffe_proto.BLOB_DATA, caffe_proto.BLOB_DOUBLE_DATA):
-            dtype = "<f4" if number == caffe_proto.BLOB_DATA else "<f8"
-            size = np.dtype(dtype).itemsize
-            if wire == 2:  # packed, as Caffe writes them: read in place
-                if (value_end - value_start) % size:
-                    raise CaffeModelError(f"layer {layer!r}: blob data is not a whole number of floats")
-                piece = np.frombuffer(buf, dtype, (value_end - value_start) // size, value_start)
-                data = piece if data is None else np.concatenate([data, piece])
-                offset = value_start
-            else:  # an unpacked element (allowed by protobuf; Caffe never writes it)
-                piece = np.frombuffer(bytes(buf[value_start:value_end]), dtype)
-                data = piece if data is None else np.concatenate([data, piece])
-                offset = value_start
-        elif number == caffe_proto.BLOB_SHAPE and wire == 2:
-            shape = tuple(int(d) for d in caffe_proto.BlobShape.FromString(bytes(buf[value_start:value_end])).dim)
-        elif number in (1, 2, 3, 4) and wire == 0:
-            legacy[number - 1] = value
-    if shape is None:
-        shape = tuple(legacy)
-    if data is None:
-        data, offset = np.zeros(0, "<f4"), start
-    if int(np.prod(shape)) != data.size:
-        raise CaffeModelError(
-            f"layer {layer!r}: a blob of shape {shape} holds {data.size} numbers (truncated or corrupt file)"
-        )
-    return Blob(shape, data.reshape(shape), offset)
-
-
-def read_caffemodel(path: str | os.PathLike) -> CaffeNet:
-    """Reads a `.caffemodel` (NetParameter binary): every layer's fields, and its blobs as views on the file.
-
-    Args:
-        path: the weight file.
-
-    Returns:
-        A `CaffeNet` (the file stays mapped while its blobs are in use).
-
-    Raises:
-        CaffeModelError: missing, empty, truncated or not a NetParameter.
-    """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CaffeModelError(f"Caffe weight file not found. Received: path={path!r}")
-    if os.path.getsize(path) == 0:
-        raise CaffeModelError(f"Not a Caffe weight file: it is empty. Received: path={path!r}")
-    with open(path, "rb") as handle:
-        buf = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-    try:
-        name, layers, legacy = _read_net(buf)
-    except CaffeModelError as error:
-        raise CaffeModelError(f"Not a readable Caffe weight file ({error}). Received: path={path!r}") from None
-    if not layers:
-        raise CaffeModelError(f"Not a Caffe weight file: it holds no layers. Received: path={path!r}")
-    return CaffeNet(name, layers, legacy, path, buf)
-
-
-def _read_net(buf) -> tuple[str, list[CaffeLayer], bool]:
-    name, layers, legacy = "", [], False
-    from google.protobuf.message import DecodeError
-
-    for number, wire, _, value_start, value_end, _ in _fields(buf, 0, len(buf)):
-        if number == 1 and wire == 2:
-            name = bytes(buf[value_start:value_end]).decode("utf-8", "replace")
-        if wire != 2 or number not in (caffe_proto.NET_LAYER, caffe_proto.NET_LAYERS):
-            continue
-        legacy = number == caffe_proto.NET_LAYERS
-        blob_field = caffe_proto.V1_LAYER_BLOBS if legacy else caffe_proto.LAYER_BLOBS
-        header, blob_spans = bytearray(), []
-        for inner, inner_wire, field_start, start, end, _ in _fields(buf, value_start, value_end):
-            if inner == blob_field and inner_wire == 2:
-                blob_spans.append((start, end))
-            else:
-                header += buf[field_start:end]
-        message = caffe_proto.V1LayerParameter if legacy else caffe_proto.LayerParameter
-        try:
-            params = message.FromString(bytes(header))
-        except DecodeError as error:
-            raise CaffeModelError(f"a layer does not parse: {error}") from None
-        layer_type = caffe_proto.V1_TYPE_NAMES.get(params.type, str(params.type)) if legacy else params.type
-        layer = CaffeLayer(params.name, layer_type, params)
-        layer.blobs = [_read_blob(buf, start, end, params.name) for start, end in blob_spans]
-        layers.append(layer)
-    return name, layers, legacy
 
 
 # --- recognising the net ----------------------------------------------------------------------------------
@@ -391,6 +221,11 @@ def recognise(net: CaffeNet) -> Recognised:
     fc7 = layers["fc7"].blobs[0]
     _check(fc7.shape == (fc_units, fc_units, 1, 1), f"layer 'fc7' should hold ({fc_units}, {fc_units}, 1, 1) weights",
            fc7.shape, path)
+    for name in ("fc6", "fc7"):
+        layer = layers[name]
+        found = (layer.type, len(layer.blobs), _geometry(layer)["stride"], _geometry(layer)["pad"])
+        _check(found == ("Convolution", 2, (1, 1), (0, 0)),
+               f"layer {name!r} should be a Convolution with a bias, stride 1 and no padding", found, path)
 
     suffix = "_sem" if "score_fr_sem" in layers else ""
     if "score_fr" + suffix not in layers:
@@ -439,9 +274,10 @@ def recognise(net: CaffeNet) -> Recognised:
             expected = (num_classes, num_classes // group, 2 * factor, 2 * factor)
             _check(layer.type == "Deconvolution" and weight is not None and weight.shape == expected
                    and geometry["stride"] == (factor, factor) and geometry["pad"] == (0, 0)
-                   and num_classes % group == 0,
+                   and num_classes % group == 0 and len(layer.blobs) == 1,
                    f"layer {name + suffix!r} should be a Deconvolution {2 * factor}x{2 * factor}/{factor} with "
-                   f"(in, out/group, kh, kw) = {expected} weights", (layer.type, weight.shape if weight else None,
+                   f"(in, out/group, kh, kw) = {expected} weights and no bias",
+                   (layer.type, [b.shape for b in layer.blobs],
                                                                       geometry), path)  # fmt: skip
     scales = {}
     if at_once:
@@ -449,9 +285,10 @@ def recognise(net: CaffeNet) -> Recognised:
         for name, width in (("scale_pool4", filters[3]), ("scale_pool3", filters[2])):
             layer = layers[name]
             scale_param = layer.params.scale_param
-            _check(layer.type == "Scale" and len(layer.blobs) in (1, 2) and layer.blobs[0].array.size in (1, width)
+            _check(layer.type == "Scale" and len(layer.blobs) == 1 and layer.blobs[0].array.size in (1, width)
                    and scale_param.axis == 1 and scale_param.num_axes in (0, 1),
-                   f"layer {name!r} should be a Scale of 1 or {width} values", [b.shape for b in layer.blobs],
+                   f"layer {name!r} should be a Scale of 1 or {width} values without a bias",
+                   [b.shape for b in layer.blobs],
                    path)  # fmt: skip
             layer_map[name] = name
             scales[name] = layer.blobs[0].array

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import keras_fcn
-from keras_fcn import caffe, caffe_proto
+from keras_fcn import caffe, caffe_proto, caffe_reader
 from keras_fcn.cli import main
 
 TOLERANCE = 1e-4
@@ -133,7 +133,7 @@ def test_blob_reader_agrees_with_protobuf():
     for legacy in (False, True):
         encoded = caffe_nets.blob_bytes(array, legacy)
         parsed = caffe_proto.BlobProto.FromString(encoded)  # protobuf's own parse of the same bytes
-        blob = caffe._read_blob(encoded, 0, len(encoded), "x")
+        blob = caffe_reader._read_blob(encoded, 0, len(encoded), "x")
         np.testing.assert_array_equal(blob.array.ravel(), np.asarray(parsed.data, np.float32))
         dims = (parsed.num, parsed.channels, parsed.height, parsed.width) if legacy else tuple(parsed.shape.dim)
         assert blob.shape == dims == (3, 2, 4, 5)
@@ -282,3 +282,16 @@ def test_cli_convert_with_prototxt_and_flag_errors(tmp_path, capsys):
     assert "--force" in capsys.readouterr().err
     assert main(["convert", "--input", caffemodel, "--prototxt", prototxt, "--output", "x.weights.h5"]) == 2
     assert "--prototxt goes with --caffemodel" in capsys.readouterr().err
+
+
+def test_crop_offsets_and_pooling_in_the_file_must_be_the_models(tmp_path):
+    for layer_name, change, message in (("score", "offset", "offset 19"), ("pool2", "stride", "pool2")):
+        writer = caffe_nets.fcn_net("fcn32s", 21)
+        for params, _, _ in writer.layers:
+            if params.name == layer_name and change == "offset":
+                params.crop_param.offset[:] = [18]
+            elif params.name == layer_name:
+                params.pooling_param.stride = 1
+        _, caffemodel = writer.write(str(tmp_path), (32, 32), stem=layer_name)
+        with pytest.raises(caffe.CaffeModelError, match=message):
+            caffe.load_caffemodel(caffemodel)
