@@ -623,7 +623,9 @@ def convert_caffemodel(
     if not force and (os.path.exists(output) or os.path.exists(names_path)):
         raise FileExistsError(f"The output exists; pass --force to overwrite it. Received: output={output!r}")
     model, found = _load(path, prototxt)
-    probe = np.random.default_rng(0).integers(0, 256, (1, 37, 45, 3)).astype("uint8")
+    # Odd sizes for an FCN; the classifier needs at least its fc6 window at pool5.
+    size = (32 * found.window,) * 2 if found.variant == "vgg16" else (37, 45)
+    probe = np.random.default_rng(0).integers(0, 256, (1, *size, 3)).astype("uint8")
     expected = keras.ops.convert_to_numpy(model(probe))
 
     directory = os.path.dirname(os.path.abspath(output))
@@ -651,11 +653,12 @@ def convert_caffemodel(
     seconds = time.perf_counter() - start
     peak = _peak_rss_bytes()
     if verbose:
-        size = os.path.getsize(path)
+        file_size = os.path.getsize(path)
         print(f"recognised {found.describe()}")
         print(f"wrote {output} and {names_path} ({found.num_classes} class names) in {seconds:.1f} s; peak memory "
-              f"{peak / 2**20:.0f} MiB ({peak / size:.2f}x the {size / 2**20:.0f} MiB weight file)")
-        print(f"self-check: the reloaded {os.path.basename(output)} equals the imported model on a 37x45 probe "
+              f"{peak / 2**20:.0f} MiB ({peak / file_size:.2f}x the {file_size / 2**20:.0f} MiB weight file)")
+        print(f"self-check: the reloaded {os.path.basename(output)} equals the imported model on a "
+              f"{size[0]}x{size[1]} probe "
               f"(max |difference| {max_abs_diff:.3g})")
     return {"recognised": found, "output": output, "class_names": names_path, "seconds": seconds,
             "peak_rss_bytes": peak, "max_abs_diff": max_abs_diff}  # fmt: skip
