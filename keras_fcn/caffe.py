@@ -35,13 +35,10 @@ import numpy as np
 from keras_fcn import caffe_proto, surgery
 from keras_fcn.backbone import VGG16_BLOCK_DEPTHS
 from keras_fcn.caffe_reader import Blob, CaffeLayer, CaffeModelError, CaffeNet, read_caffemodel
+from keras_fcn.data.sources import VOC_CLASSES
 from keras_fcn.layers import CAFFE_BGR_MEAN, REFERENCE_BGR_MEAN, CaffePreprocessing
 
 # --- the reference's datasets: classes (in output order) and mean pixels (BGR), from its data layers -------
-VOC_CLASSES = (
-    "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
-)  # fmt: skip
 # `data/pascal-context/classes-59.txt`: background then the 59 classes of the task.
 PASCAL_CONTEXT_CLASSES = VOC_CLASSES + (
     "bag", "bed", "bench", "book", "building", "cabinet", "ceiling", "clothes", "computer", "cup", "door",
