@@ -33,6 +33,7 @@ setup(
         "tensorflow-datasets>=4.9",
         "numpy>=1.26",
         "h5py>=3.10",
+        "protobuf>=4.21",  # the .caffemodel schema (message_factory.GetMessageClass)
         "pillow>=10",
         # training: TensorBoard logs, SBD's .mat masks, training-curve plots
         "tensorboard>=2.16",
@@ -54,6 +55,8 @@ setup(
             "prometheus-client>=0.20",
             # the served page is tested in Debian's headless chromium (chromium, chromium-driver)
             "selenium>=4.20",
+            # an independent Caffe implementation for the .caffemodel importer's tests (5.x has no Caffe reader)
+            "opencv-python-headless>=4.5,<5",
         ],
     },
     entry_points={"console_scripts": ["keras-fcn=keras_fcn.cli:main"]},

@@ -5,6 +5,7 @@ Importing the package registers its Keras layers, so `keras.saving.load_model("m
 
 __version__ = "0.1.0"
 
+from keras_fcn.caffe import CaffeModelError, load_caffemodel
 from keras_fcn.convolutionalize import convolutionalize
 from keras_fcn.export import export_saved_model
 from keras_fcn.layers import BilinearUpsampling, CaffePreprocessing, CropToReference, PadToMultiple
@@ -14,6 +15,7 @@ from keras_fcn.weights import load_backbone_weights, transfer_weights
 __all__ = [
     "VARIANTS",
     "BilinearUpsampling",
+    "CaffeModelError",
     "CaffePreprocessing",
     "CropToReference",
     "PadToMultiple",
@@ -25,6 +27,7 @@ __all__ = [
     "fcn16s",
     "fcn32s",
     "load_backbone_weights",
+    "load_caffemodel",
     "transfer_weights",
 ]
 

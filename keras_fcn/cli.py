@@ -34,17 +34,25 @@ def main(argv: list[str] | None = None) -> int:
 def _add_convert(verbs) -> None:
     parser = verbs.add_parser(
         "convert",
-        help="convert Keras VGG16 ImageNet weights (.h5) into FCN weights (.weights.h5)",
-        description="Reshape VGG16's fc1/fc2/predictions into fc6/fc7/fc8 convolutions, write the FCN weight "
-        "file atomically, reload it and print its largest difference from the source classifier.",
+        help="convert Keras VGG16 weights (.h5) into FCN weights, or a reference .caffemodel into a .keras model",
+        description="--input: reshape VGG16's fc1/fc2/predictions into fc6/fc7/fc8 convolutions, write the FCN "
+        "weight file atomically, reload it and print its largest difference from the source classifier. "
+        "--caffemodel: recognise one of the reference's Caffe nets (FCNs of VOC, PASCAL-Context, NYUDv2, SIFT "
+        "Flow; VGG_ILSVRC_16_layers), write it as a .keras model (and NAME.classes.txt) atomically, and print "
+        "what was recognised, the time, the peak memory and a reload self-check.",
     )
     add_convert_arguments(parser)
     parser.set_defaults(run=run_convert)
 
 
 def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--input", required=True, help="Keras VGG16 weights with top, legacy .h5 layout")
-    parser.add_argument("--output", required=True, help="FCN weight file to write, ending in .weights.h5")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="Keras VGG16 weights with top, legacy .h5 layout")
+    source.add_argument("--caffemodel", help="one of the reference's Caffe weight files (.caffemodel)")
+    parser.add_argument("--prototxt", help="with --caffemodel: its net definition, checked against the weights")
+    parser.add_argument(
+        "--output", required=True, help="file to write: NAME.weights.h5 (--input) or NAME.keras (--caffemodel)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
 
@@ -52,6 +60,18 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
 def run_convert(args) -> int:
     from keras_fcn.convert import convert_vgg16_weights
 
+    if getattr(args, "caffemodel", None):
+        from keras_fcn.caffe import convert_caffemodel
+
+        try:
+            convert_caffemodel(
+                args.caffemodel, args.output, prototxt=args.prototxt, force=args.force, verbose=not args.quiet
+            )
+        except (ValueError, OSError) as error:  # CaffeModelError is a ValueError
+            raise CommandError(str(error)) from None
+        return 0
+    if getattr(args, "prototxt", None):
+        raise CommandError("--prototxt goes with --caffemodel")
     try:
         convert_vgg16_weights(args.input, args.output, force=args.force, verbose=not args.quiet)
     except (ValueError, OSError) as error:  # WeightFileError is a ValueError, FileExistsError an OSError
@@ -65,7 +85,10 @@ def _add_export(verbs) -> None:
         "--output", required=True, metavar="BASE", help="the model base path (BASE/<version>/)"
     )
     parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
-    parser.add_argument("--class-names", default=None, help="a file with one class name a line")
+    parser.add_argument(
+        "--class-names", default=None,
+        help="a file with one class name a line (default: NAME.classes.txt or classes.txt beside the model)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-decoded-pixels",
         type=int,
@@ -93,6 +116,8 @@ def _run_export(args) -> int:
                 class_names = [line.strip() for line in f if line.strip()]
         except OSError as error:
             raise CommandError(f"Cannot read class names {args.class_names}: {error}") from None
+    else:
+        class_names = _class_names_for(args.model, None, int(model.output_shape[-1]))
     limit = {} if args.max_decoded_pixels is None else {"max_decoded_pixels": args.max_decoded_pixels}
     try:
         export_saved_model(
@@ -425,7 +450,10 @@ def _class_names_for(model_path: str, given: str | None, num_classes: int):
     if given:
         names = [name.strip() for name in given.split(",")]
     else:
-        listed = os.path.join(os.path.dirname(os.path.abspath(model_path)), "classes.txt")
+        # NAME.classes.txt beside NAME.keras (written by `convert --caffemodel`), else the run's classes.txt.
+        listed = os.path.splitext(os.path.abspath(model_path))[0] + ".classes.txt"
+        if not os.path.isfile(listed):
+            listed = os.path.join(os.path.dirname(os.path.abspath(model_path)), "classes.txt")
         if not os.path.isfile(listed):
             return None
         with open(listed, encoding="utf-8") as handle:
@@ -500,7 +528,8 @@ def _add_predict(verbs) -> None:
         "predict",
         help="segment images: a palette PNG of class ids and an overlay PNG with a legend for each",
         description="Segment images at full resolution. Class names come from --class-names or from a "
-        "classes.txt beside the model (written by `keras-fcn train`).",
+        "NAME.classes.txt beside NAME.keras (written by `keras-fcn convert --caffemodel`) or classes.txt beside "
+        "the model (written by `keras-fcn train`).",
     )
     parser.add_argument("--model", required=True, help="a .keras model")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")

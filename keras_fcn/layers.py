@@ -11,7 +11,7 @@ import keras
 import tensorflow as tf
 
 from keras_fcn import surgery
-from keras_fcn.vgg16 import CAFFE_BGR_MEAN
+from keras_fcn.vgg16 import CAFFE_BGR_MEAN, REFERENCE_BGR_MEAN  # noqa: F401 - importable from here too
 
 
 @keras.saving.register_keras_serializable(package="keras_fcn")

@@ -25,6 +25,7 @@ import keras
 from keras_fcn import surgery
 from keras_fcn.backbone import GEOMETRIES, VGG16_FC_UNITS, VGG16_FILTERS, check_filters, vgg16_features
 from keras_fcn.layers import BilinearUpsampling, CaffePreprocessing, CropToReference, PadToMultiple
+from keras_fcn.vgg16 import CAFFE_BGR_MEAN
 from keras_fcn.weights import load_backbone_weights, transfer_weights
 
 VARIANTS = ("fcn32s", "fcn16s", "fcn8s", "fcn8s_at_once")
@@ -131,6 +132,7 @@ def build_fcn(
     fc_units: int = VGG16_FC_UNITS,
     init_from: keras.Model | None = None,
     name: str | None = None,
+    mean: Sequence[float] = CAFFE_BGR_MEAN,
 ) -> keras.Model:
     """Builds an FCN on VGG16 (see `fcn32s` for the arguments).
 
@@ -153,7 +155,7 @@ def build_fcn(
     num_classes = int(num_classes)
 
     images = keras.Input((None, None, 3), name="images")  # RGB, 0..255; uint8 arrays are cast
-    x = CaffePreprocessing(name="preprocess")(images)
+    x = CaffePreprocessing(mean, name="preprocess")(images)
     if geometry == "aligned":
         x = PadToMultiple(STRIDE, name="pad_to_stride")(x)  # (N, 32*ceil(H/32), 32*ceil(W/32), 3)
     pools = vgg16_features(x, backbone_filters, geometry)
@@ -209,6 +211,9 @@ def fcn32s(num_classes: int = 21, **kwargs) -> keras.Model:
         fc_units: width of fc6 and fc7.
         init_from: a trained model whose layers are copied by name (staged training: 32s → 16s → 8s).
         name: model name (defaults to the variant).
+        mean: the BGR mean pixel the model subtracts (Keras's VGG16 mean by default;
+            `keras_fcn.layers.REFERENCE_BGR_MEAN` for the reference's VOC models). Padding in the aligned
+            geometry comes after the subtraction, so it pads with this mean.
 
     Returns:
         A functional model: input `images` `(N, H, W, 3)` RGB in [0, 255], any H and W; output `score`,

@@ -21,3 +21,6 @@ VGG16_CONV_LAYERS = tuple(
 # The means of Keras's "caffe" preprocessing (`keras.applications.vgg16.preprocess_input`), in BGR order:
 # Keras's VGG16 weights were converted from Caffe with these.
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+# The mean pixel the reference's FCNs were trained with (shelhamer/fcn.berkeleyvision.org, `voc_layers.py`),
+# BGR: models imported from its Caffe files subtract this one.
+REFERENCE_BGR_MEAN = (104.00699, 116.66877, 122.67892)

@@ -160,3 +160,20 @@ def test_data_errors_recovers_the_data_error_from_a_tf_data_function():
     with pytest.raises(tf.errors.InvalidArgumentError, match="shapes differ"):
         with data.data_errors():
             raise other
+
+
+def test_padding_uses_the_mean_it_is_given():
+    from keras_fcn.layers import REFERENCE_BGR_MEAN, CaffePreprocessing
+
+    class Small(Painted):
+        def load(self, index):
+            image, mask = super().load(index)
+            return (image[:20, :30], mask[:20, :30]) if index % 2 else (image, mask)
+
+    for options in (dict(crop_size=(36, 50)), dict()):  # crops padded, then ragged batches padded
+        dataset = data.make_dataset(Small(count=2), batch_size=2, augment_data=False, shuffle=False,
+                                    mean=REFERENCE_BGR_MEAN, **options)  # fmt: skip
+        images, masks = next(iter(dataset))
+        padded = masks.numpy() == 255
+        assert padded.sum() > 0
+        np.testing.assert_allclose(CaffePreprocessing(REFERENCE_BGR_MEAN)(images).numpy()[padded], 0.0, atol=1e-4)

@@ -2,8 +2,8 @@
 
 Augmentation moves image and mask together (the same scale, crop offsets and flip for both):
 random scale in `scale_range` (bilinear for the image, nearest for the mask), padding up to the crop size
-with the mean pixel of the model's preprocessing (`keras_fcn.layers.CAFFE_BGR_MEAN`, Keras's "caffe" mean,
-in RGB order: exactly zero after the model subtracts it) and label 255, a random crop, a random
+with the mean pixel of the model's preprocessing (`mean=`, BGR; by default `keras_fcn.layers.CAFFE_BGR_MEAN`,
+Keras's "caffe" mean: exactly zero after the model subtracts it) and label 255, a random crop, a random
 horizontal flip. Random numbers come from stateless ops seeded per element from `tf.data.Dataset.random`,
 so a pipeline built with a seed yields the same batches every time, and different ones every epoch.
 """
@@ -20,8 +20,8 @@ from keras_fcn.data.files import IGNORE_LABEL, DataError
 from keras_fcn.data.sources import IndexedSource, Source
 from keras_fcn.vgg16 import CAFFE_BGR_MEAN
 
-# The mean pixel `CaffePreprocessing` subtracts (Keras's VGG16 "caffe" mean, BGR 103.939, 116.779, 123.68),
-# in RGB order: padding with it gives exactly zero after the model's own mean subtraction.
+# The mean pixel `CaffePreprocessing` subtracts by default (Keras's VGG16 "caffe" mean, BGR 103.939, 116.779,
+# 123.68), in RGB order: padding with it gives exactly zero after the model's own mean subtraction.
 MEAN_RGB = tuple(reversed(CAFFE_BGR_MEAN))
 # Cache decoded examples in memory when they take less than this ("cache where it fits").
 CACHE_LIMIT_BYTES = 2 * 1024**3
@@ -34,6 +34,7 @@ def augment(
     crop_size: tuple[int, int] | None = None,
     scale_range: tuple[float, float] = (0.5, 2.0),
     flip: bool = True,
+    mean: tuple[float, float, float] = CAFFE_BGR_MEAN,
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Random scale, pad, crop and flip applied identically to an image and its mask.
 
@@ -44,6 +45,7 @@ def augment(
         crop_size: `(height, width)` of the output, or None to keep the scaled size.
         scale_range: `(low, high)` of the random scale factor; `(1, 1)` turns scaling off.
         flip: random horizontal flip.
+        mean: the BGR mean pixel the model subtracts; padding uses it (zero after the subtraction).
 
     Returns:
         `(image float32 (h, w, 3), mask uint8 (h, w))`.
@@ -60,7 +62,7 @@ def augment(
         mask = tf.image.resize(mask, new_size, method="nearest")
     if crop_size is not None:
         crop_h, crop_w = crop_size
-        image, mask = _pad_to(image, mask, crop_h, crop_w)
+        image, mask = _pad_to(image, mask, crop_h, crop_w, mean)
         shape = tf.shape(image)
         top = tf.random.stateless_uniform((), seeds[1], 0, shape[0] - crop_h + 1, dtype=tf.int32)
         left = tf.random.stateless_uniform((), seeds[2], 0, shape[1] - crop_w + 1, dtype=tf.int32)
@@ -73,13 +75,13 @@ def augment(
     return image, mask[..., 0]
 
 
-def _pad_to(image, mask, height, width):
+def _pad_to(image, mask, height, width, mean=CAFFE_BGR_MEAN):
     """Pads at the bottom and right up to `(height, width)`: image with the mean pixel, mask with 255."""
     shape = tf.shape(image)
     pad_h = tf.maximum(height - shape[0], 0)
     pad_w = tf.maximum(width - shape[1], 0)
     paddings = [[0, pad_h], [0, pad_w], [0, 0]]
-    mean = tf.constant(MEAN_RGB, tf.float32)
+    mean = tf.constant(mean[::-1], tf.float32)  # RGB
     image = tf.pad(image - mean, paddings) + mean  # pads with 0, i.e. the mean after shifting back
     mask = tf.pad(mask, paddings, constant_values=IGNORE_LABEL)
     return image, mask
@@ -97,6 +99,7 @@ def make_dataset(
     cache: bool | str = "auto",
     seed: int | None = None,
     shuffle_buffer: int = 1000,
+    mean: tuple[float, float, float] = CAFFE_BGR_MEAN,
 ) -> tf.data.Dataset:
     """Batches of `(images float32 (N, h, w, 3), masks uint8 (N, h, w))` ready for `model.fit`.
 
@@ -115,6 +118,8 @@ def make_dataset(
         seed: makes shuffling and augmentation deterministic; None draws a fresh seed.
         shuffle_buffer: shuffle buffer size (decoded examples held in memory) when shuffling after the
             cache, or a source that cannot shuffle by index (TFDS).
+        mean: the BGR mean pixel of the model to train (its `preprocess` layer's `mean`): padding uses it,
+            so padded pixels are zero after the model subtracts it.
 
     Returns:
         A `tf.data.Dataset`, prefetched.
@@ -158,13 +163,13 @@ def make_dataset(
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds)
         dataset = dataset.map(
-            lambda example, element_seed: augment(*example, element_seed, crop_size, scale_range, flip),
+            lambda example, element_seed: augment(*example, element_seed, crop_size, scale_range, flip, mean),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
     else:
         dataset = dataset.map(
-            lambda image, mask: _no_augment(image, mask, crop_size),
+            lambda image, mask: _no_augment(image, mask, crop_size, mean),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
@@ -172,7 +177,9 @@ def make_dataset(
     if crop_size is not None or batch_size == 1:
         dataset = dataset.batch(batch_size, drop_remainder=crop_size is not None and repeat)
     else:
-        dataset = dataset.ragged_batch(batch_size).map(_pad_ragged_batch, num_parallel_calls=tf.data.AUTOTUNE)
+        dataset = dataset.ragged_batch(batch_size).map(
+            lambda images, masks: _pad_ragged_batch(images, masks, mean), num_parallel_calls=tf.data.AUTOTUNE
+        )
 
     options = tf.data.Options()
     options.deterministic = True
@@ -181,18 +188,18 @@ def make_dataset(
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
-def _no_augment(image, mask, crop_size):
+def _no_augment(image, mask, crop_size, mean=CAFFE_BGR_MEAN):
     image = tf.cast(image, tf.float32)
     if crop_size is None:
         return image, mask
     crop_h, crop_w = crop_size
-    image, mask = _pad_to(image, mask[..., None], crop_h, crop_w)
+    image, mask = _pad_to(image, mask[..., None], crop_h, crop_w, mean)
     return image[:crop_h, :crop_w], mask[:crop_h, :crop_w, 0]
 
 
-def _pad_ragged_batch(images: tf.RaggedTensor, masks: tf.RaggedTensor):
+def _pad_ragged_batch(images: tf.RaggedTensor, masks: tf.RaggedTensor, mean=CAFFE_BGR_MEAN):
     """Pads a batch of different-size images to the largest: mean pixel and label 255."""
-    images = images.to_tensor(default_value=tf.constant(MEAN_RGB, tf.float32))
+    images = images.to_tensor(default_value=tf.constant(mean[::-1], tf.float32))
     masks = masks.to_tensor(default_value=tf.constant(IGNORE_LABEL, tf.uint8))
     return images, masks
 
