@@ -70,7 +70,7 @@ def _add_export(verbs) -> None:
         "--max-decoded-pixels",
         type=int,
         default=None,
-        help="most pixels serve_encoded decodes in one request (default: 33554432)",
+        help="most pixels one request computes, in either signature (default: 33554432)",
     )
     parser.add_argument(
         "--tolerance",
@@ -130,6 +130,23 @@ def _add_serve(verbs) -> None:
         type=float,
         default=1.0,
     )
+    # Bounds on what requests may cost (TF Serving's flag names where it has one).
+    limits = (
+        ("--max-request-elements", "--max_request_elements", 3 << 25, "values one gRPC Predict request may declare"),
+        ("--grpc-max-threads", "--grpc_max_threads", 16, "gRPC worker threads"),
+        ("--rest-api-num-threads", "--rest_api_num_threads", 16, "REST worker threads"),
+        ("--max-queued-requests", "--max_queued_requests", 64, "requests waiting for a worker; then 429"),
+        ("--rest-api-timeout-in-ms", "--rest_api_timeout_in_ms", 30000, "REST request timeout; then 504"),
+        ("--rest-api-max-body-bytes", "--rest_api_max_body_bytes", 1 << 30, "largest REST body; then 429"),
+    )
+    for flag, alias, default, text in limits:
+        parser.add_argument(flag, alias, type=int, default=default, help=f"{text} (default: {default})")
+    parser.add_argument(
+        "--shutdown-grace-seconds",
+        type=float,
+        default=10.0,
+        help="on SIGTERM, how long requests in flight may finish (default: 10)",
+    )
     parser.set_defaults(run=_run_serve)
 
 
@@ -156,6 +173,12 @@ def _run_serve(args) -> int:
             enable_batching=args.enable_batching,
             batching_parameters=args.batching_parameters_file,
             poll_seconds=args.poll_seconds,
+            grpc_threads=args.grpc_max_threads,
+            rest_threads=args.rest_api_num_threads,
+            max_queued_requests=args.max_queued_requests,
+            max_request_elements=args.max_request_elements,
+            rest_timeout_ms=args.rest_api_timeout_in_ms,
+            rest_max_body_bytes=args.rest_api_max_body_bytes,
         )
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -166,7 +189,7 @@ def _run_serve(args) -> int:
     while not stop.wait(0.5):
         pass
     logging.getLogger("keras_fcn.serving").info("Shutting down")
-    server.stop()
+    server.stop(args.shutdown_grace_seconds)
     return 0
 
 

@@ -7,6 +7,11 @@
   (row format, answered with `predictions`) or `{"inputs": ...}` (columnar, answered with `outputs`).
   Binary values travel as `{"b64": "..."}`; string outputs whose alias ends in `_bytes` come back so.
 Errors are `{"error": message}` with the HTTP code of the gRPC status.
+
+Bounds: a body larger than `max_body_bytes` (Content-Length or chunked) is refused with 429 before
+it is read; `num_threads` workers serve connections and at most `max_queued` more wait for one,
+any further connection is answered 429 at once; a request not answered within `timeout_ms`
+(`--rest_api_timeout_in_ms`, counted from when its connection was accepted) gets 504.
 """
 
 from __future__ import annotations
@@ -14,14 +19,18 @@ from __future__ import annotations
 import base64
 import http.server
 import json
+import queue
 import re
+import socket
+import threading
+import time
 
 import grpc
 import numpy as np
 import tensorflow as tf
 from google.protobuf import json_format
 
-from .errors import ServingError, log
+from .errors import ServingError, check_deadline, log
 from .versions import State
 
 _PATH = re.compile(
@@ -30,6 +39,11 @@ _PATH = re.compile(
     r"(?::(?P<verb>predict|classify|regress)|/(?P<metadata>metadata))?/?$"
 )
 MAX_VERSION = (1 << 63) - 1  # versions are int64
+MAX_BODY_BYTES = 1 << 30  # as the gRPC message limit
+DEFAULT_TIMEOUT_MS = 30_000  # TF Serving's --rest_api_timeout_in_ms
+DEFAULT_THREADS = 16
+DEFAULT_MAX_QUEUED = 64
+_DRAIN_BYTES = 1 << 20  # unread request bytes discarded before a close, so the client sees the answer
 HTTP_CODES = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
     grpc.StatusCode.FAILED_PRECONDITION: 400,
@@ -179,23 +193,50 @@ def metadata_json(response) -> dict:
     }
 
 
-def make_handler(service):
-    """An HTTP request handler class bound to a `ServingService`."""
+def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int = DEFAULT_TIMEOUT_MS):
+    """An HTTP request handler class bound to a `ServingService`.
+
+    Args:
+        service: the `ServingService` answering the requests.
+        max_body_bytes: the largest request body read; larger ones are answered 429.
+        timeout_ms: how long a request may take, from when its connection was accepted; 504 after.
+    """
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
         server_version = "keras-fcn-model-server"
+        # Socket timeout: a client that stops sending (or an idle keep-alive connection) frees its worker.
+        timeout = max(timeout_ms / 1000, 1.0)
 
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             log.debug("REST %s", format % args)
 
         def _reply(self, code: int, body: dict) -> None:
             data = json.dumps(body).encode("utf-8")
+            if getattr(self.server, "draining", False):
+                self.close_connection = True
             self.send_response(code)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            if self.close_connection:
+                self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
+
+        def _answer(self, answer) -> None:
+            accepted = getattr(self.server, "take_accepted_time", lambda: None)()
+            deadline = (accepted or time.monotonic()) + timeout_ms / 1000
+            try:
+                self._reply(200, answer(deadline))
+            except ServingError as error:
+                message = error.message
+                if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    message += f" (the request took more than --rest_api_timeout_in_ms={timeout_ms})"
+                self._reply(HTTP_CODES.get(error.code, 500), {"error": message})
+            except Exception as error:  # the server stays up whatever the request held
+                log.exception("REST request failed")
+                self.close_connection = True
+                self._reply(500, {"error": f"{type(error).__name__}: {error}"})
 
         def _route(self, method: str):
             match = _PATH.match(self.path.split("?")[0])
@@ -206,50 +247,206 @@ def make_handler(service):
                 raise _bad(f"Failed to convert version: {match['version']} to numeric.")  # beyond int64
             return match, {"name": match["name"], "version": version, "label": match["label"] or ""}
 
+        def _body(self) -> bytes:
+            """The request body (Content-Length or chunked), refused past `max_body_bytes`."""
+            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+                return self._chunked_body()
+            text = (self.headers.get("Content-Length") or "0").strip()
+            if not text.isdigit():
+                self.close_connection = True  # where this body ends is unknown
+                raise _bad(f"Content-Length must be a non-negative integer; received {text[:40]!r}")
+            length = int(text)
+            if length > max_body_bytes:
+                self.close_connection = True
+                raise _too_large(length, max_body_bytes)
+            body = self.rfile.read(length)
+            if len(body) < length:
+                self.close_connection = True
+                raise _bad(f"the request body ended after {len(body)} of its {length} bytes")
+            return body
+
+        def _chunked_body(self) -> bytes:
+            self.close_connection = True  # until the last chunk is read, the stream position is unsure
+            parts, total = [], 0
+            while True:
+                line = self.rfile.readline(1024)
+                try:
+                    size = int(line.split(b";")[0].strip(), 16)
+                except ValueError:
+                    size = -1
+                if size < 0:
+                    raise _bad(f"malformed chunk size line in a chunked body: {line[:40]!r}")
+                if size == 0:
+                    break
+                total += size
+                if total > max_body_bytes:
+                    raise _too_large(total, max_body_bytes, "at least ")
+                chunk = self.rfile.read(size)
+                if len(chunk) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
+                    raise _bad("a chunk of the chunked body is truncated or not followed by CRLF")
+                parts.append(chunk)
+            for _ in range(100):  # trailer fields, then the empty line
+                if self.rfile.readline(8192) in (b"\r\n", b"\n", b""):
+                    self.close_connection = False
+                    return b"".join(parts)
+            raise _bad("too many trailer fields after a chunked body")
+
         def do_GET(self):  # noqa: N802 - http.server's name
-            try:
+            def answer(deadline):
                 match, spec = self._route("GET")
                 if match["verb"]:
                     raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: GET {self.path}")
                 if match["metadata"]:
-                    self._reply(200, metadata_json(service.metadata_for(**spec)))
-                else:
-                    self._reply(200, status_json(service.status_for(**spec)))
-            except ServingError as error:
-                self._reply(HTTP_CODES.get(error.code, 500), {"error": error.message})
-            except Exception as error:  # the server stays up and answers whatever the request held
-                log.exception("REST request failed")
-                self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+                    return metadata_json(service.metadata_for(**spec))
+                return status_json(service.status_for(**spec))
+
+            self._answer(answer)
 
         def do_POST(self):  # noqa: N802
-            try:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length)
+            def answer(deadline):
+                raw = self._body()
                 match, spec = self._route("POST")
                 if not match["verb"]:
                     raise ServingError(grpc.StatusCode.NOT_FOUND, f"Malformed request: POST {self.path}")
                 try:
                     body = json.loads(raw or b"null")
-                except ValueError as error:
-                    raise _bad(f"JSON Parse error: {error}") from error
+                except (ValueError, RecursionError) as error:  # RecursionError: nested too deeply
+                    raise _bad(f"JSON Parse error: {error}"[:200]) from error
                 if not isinstance(body, dict):
                     raise _bad("The request body must be a JSON object")
                 if match["verb"] != "predict":
                     service.classify_or_regress(match["verb"], spec, body.get("signature_name", ""))
                 version = service.resolve(**spec)
                 signature_name, signature_def, _ = version.signature(body.get("signature_name", ""))
-                inputs, row_format = _parse_inputs(body, signature_def)
-                _, outputs = service.predict_arrays(version, signature_name, inputs)
-                self._reply(200, _outputs_json(outputs, row_format))
-            except ServingError as error:
-                self._reply(HTTP_CODES.get(error.code, 500), {"error": error.message})
-            except Exception as error:  # the server stays up whatever the request held
-                log.exception("REST request failed")
-                self._reply(500, {"error": f"{type(error).__name__}: {error}"})
+                try:
+                    inputs, row_format = _parse_inputs(body, signature_def)
+                except RecursionError as error:
+                    raise _bad("Failed to process the inputs: nested too deeply") from error
+                _, outputs = service.predict_arrays(version, signature_name, inputs, deadline=deadline)
+                check_deadline(deadline, "the answer was sent")
+                return _outputs_json(outputs, row_format)
+
+            self._answer(answer)
 
     return Handler
 
 
-class RestServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
+def _too_large(size: int, limit: int, prefix: str = "") -> ServingError:
+    return ServingError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        f"request body of {prefix}{size} bytes is larger than the limit of {limit} bytes (--rest_api_max_body_bytes)",
+    )
+
+
+def _discard_and_close(connection: socket.socket, wait: float) -> None:
+    """Closes a connection after reading what the client still sends (up to 1 MiB or `wait` s).
+
+    Closing a socket with unread input makes the kernel send a reset, which can destroy the reply
+    before the client reads it.
+    """
+    try:
+        connection.shutdown(socket.SHUT_WR)
+        connection.settimeout(wait)
+        received = 0
+        while received < _DRAIN_BYTES:
+            data = connection.recv(65536)
+            if not data:
+                break
+            received += len(data)
+    except OSError:
+        pass
+    connection.close()
+
+
+class RestServer(http.server.HTTPServer):
+    """An HTTP server with a bounded pool: `num_threads` workers, at most `max_queued` waiting connections.
+
+    A connection beyond those is answered 429 at once and closed: nothing queues without bound.
+    `drain(grace)` stops taking connections and lets requests in flight finish for `grace` seconds.
+    """
+
     allow_reuse_address = True
+
+    def __init__(self, address, handler, *, num_threads: int = DEFAULT_THREADS, max_queued: int = DEFAULT_MAX_QUEUED):
+        if num_threads < 1 or max_queued < 0:
+            raise ValueError(
+                f"num_threads must be >= 1 and max_queued >= 0. Received: num_threads={num_threads}, "
+                f"max_queued={max_queued}"
+            )
+        super().__init__(address, handler)
+        self.draining = False
+        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
+        self._capacity = num_threads + max_queued  # connections served or waiting, at most
+        self._admitted = 0
+        self._lock = threading.Condition()
+        self._busy: set[socket.socket] = set()
+        self._local = threading.local()
+        self._workers = [threading.Thread(target=self._work, name=f"rest-{i}", daemon=True) for i in range(num_threads)]
+        for worker in self._workers:
+            worker.start()
+
+    def process_request(self, request, client_address) -> None:
+        with self._lock:
+            admitted = self._admitted < self._capacity
+            self._admitted += admitted
+        if admitted:
+            self._waiting.put((request, client_address, time.monotonic()))
+        else:
+            self._refuse(request, 429, "too many REST requests at once; retry later")
+
+    @staticmethod
+    def _refuse(request, code: int, message: str) -> None:
+        body = json.dumps({"error": message}).encode()
+        reason = {429: "Too Many Requests", 503: "Service Unavailable"}[code]
+        head = f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+        try:
+            request.settimeout(1.0)
+            request.sendall(head.encode() + b"Connection: close\r\n\r\n" + body)
+        except OSError:
+            pass
+        _discard_and_close(request, 0.05)  # the accepting thread must not wait long
+
+    def take_accepted_time(self) -> float | None:
+        """When this thread's connection was accepted, once: its first request counts the wait for a worker."""
+        accepted, self._local.accepted = getattr(self._local, "accepted", None), None
+        return accepted
+
+    def _work(self) -> None:
+        while True:
+            item = self._waiting.get()
+            if item is None:
+                return
+            request, client_address, accepted = item
+            with self._lock:
+                self._busy.add(request)
+            self._local.accepted = accepted
+            try:
+                if self.draining:
+                    self._refuse(request, 503, "the server is shutting down")
+                else:
+                    self.finish_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                _discard_and_close(request, 0.2)
+                with self._lock:
+                    self._admitted -= 1
+                    self._busy.discard(request)
+                    self._lock.notify_all()
+
+    def drain(self, grace: float) -> None:
+        """Refuses new connections, lets requests in flight finish for up to `grace` s, then closes."""
+        self.draining = True
+        self.shutdown()  # the accept loop stops, then the listening socket closes
+        self.server_close()
+        deadline = time.monotonic() + grace
+        with self._lock:
+            while self._busy and time.monotonic() < deadline:
+                self._lock.wait(max(deadline - time.monotonic(), 0.01))
+            for connection in list(self._busy):  # idle keep-alive ones, or past the grace time
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        for _ in self._workers:  # connections still waiting are answered 503 by the workers first
+            self._waiting.put(None)

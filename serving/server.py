@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -34,9 +35,10 @@ from .config import (
     read_model_config_file,
     validate_model_configs,
 )
-from .errors import MAX_ERROR_CHARS, ServingError, log
+from .errors import MAX_ERROR_CHARS, ServingError, check_deadline, log
 from .manager import ModelManager
-from .rest import RestServer, make_handler
+from .rest import DEFAULT_MAX_QUEUED, DEFAULT_THREADS, DEFAULT_TIMEOUT_MS, MAX_BODY_BYTES, RestServer, make_handler
+from .tensors import MAX_REQUEST_ELEMENTS
 from .versions import DEFAULT_SIGNATURE, LoadedVersion
 
 MAX_MESSAGE_BYTES = 1 << 30  # gRPC message limit both ways: 1 GiB, as TF Serving sets it
@@ -47,21 +49,36 @@ REGRESS_METHOD = "tensorflow/serving/regress"
 class ServingService:
     """The requests both front ends answer, on a `ModelManager` (and a batch scheduler if enabled)."""
 
-    def __init__(self, manager: ModelManager, scheduler: BatchScheduler | None = None):
+    def __init__(
+        self,
+        manager: ModelManager,
+        scheduler: BatchScheduler | None = None,
+        max_request_elements: int = MAX_REQUEST_ELEMENTS,
+    ):
         self.manager = manager
         self.scheduler = scheduler
+        self.max_request_elements = max_request_elements
 
-    def run(self, function, inputs: dict) -> dict:
-        return self.scheduler.run(function, inputs) if self.scheduler else predict_lib.run_signature(function, inputs)
+    def run(self, function, inputs: dict, deadline: float | None = None) -> dict:
+        """Calls a signature, batched if enabled; not at all once its sender's deadline has passed."""
+        if self.scheduler:
+            return self.scheduler.run(function, inputs, deadline)
+        check_deadline(deadline)
+        return predict_lib.run_signature(function, inputs)
 
     def resolve(self, name: str, version: int | None = None, label: str = "") -> LoadedVersion:
         return self.manager.model(name, version).resolve(version, label)
 
-    def predict(self, request):
-        return predict_lib.predict(self.manager.resolve(request.model_spec), request, self.run)
+    def predict(self, request, deadline: float | None = None):
+        version = self.manager.resolve(request.model_spec)
+        run = lambda function, inputs: self.run(function, inputs, deadline)
+        return predict_lib.predict(version, request, run, self.max_request_elements)
 
-    def predict_arrays(self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=()):
-        return predict_lib.predict_arrays(version, signature_name, inputs, output_filter, self.run)
+    def predict_arrays(
+        self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=(), deadline=None
+    ):
+        run = lambda function, inputs: self.run(function, inputs, deadline)
+        return predict_lib.predict_arrays(version, signature_name, inputs, output_filter, run)
 
     def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
         """`GetModelMetadata`: only the `signature_def` field exists, as in TF Serving."""
@@ -131,6 +148,12 @@ def _spec_dict(model_spec) -> dict:
     }
 
 
+def _deadline(context) -> float | None:
+    """The client's gRPC deadline as a `time.monotonic()` time; None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 1e8 else time.monotonic() + remaining
+
+
 def _answer(context, handler, request):
     """Runs a handler; a ServingError becomes its gRPC status, anything else INTERNAL (server stays up)."""
     try:
@@ -147,7 +170,7 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         self.service = service
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method names
-        return _answer(context, self.service.predict, request)
+        return _answer(context, lambda r: self.service.predict(r, _deadline(context)), request)
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         return _answer(context, self.service.metadata, request)
@@ -195,7 +218,13 @@ class ModelServer:
         enable_batching: batch concurrent requests to the same signature.
         batching_parameters: a `BatchingParameters` or the path of a text file; None: defaults.
         poll_seconds: how often the base paths are scanned for new versions.
-        grpc_threads: worker threads of the gRPC server.
+        grpc_threads: worker threads of the gRPC server (`--grpc_max_threads`).
+        rest_threads: worker threads of the REST server (`--rest_api_num_threads`).
+        max_queued_requests: requests (gRPC) or connections (REST) that may wait for a worker;
+            past them gRPC answers RESOURCE_EXHAUSTED and REST 429.
+        max_request_elements: the most values the tensors of one gRPC Predict request may declare.
+        rest_timeout_ms: REST requests not answered in this time get 504 (`--rest_api_timeout_in_ms`).
+        rest_max_body_bytes: larger REST bodies are refused with 429 before they are read.
 
     Raises:
         ValueError: on a missing model name/base path or a bad configuration file.
@@ -215,6 +244,11 @@ class ModelServer:
         batching_parameters: BatchingParameters | str | None = None,
         poll_seconds: float = 1.0,
         grpc_threads: int = 16,
+        rest_threads: int = DEFAULT_THREADS,
+        max_queued_requests: int = DEFAULT_MAX_QUEUED,
+        max_request_elements: int = MAX_REQUEST_ELEMENTS,
+        rest_timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        rest_max_body_bytes: int = MAX_BODY_BYTES,
     ):
         if model_config_file:
             configs = read_model_config_file(model_config_file)
@@ -225,12 +259,24 @@ class ModelServer:
                 "give model_name and model_base_path, or model_config_file. "
                 f"Received: model_name={model_name!r}, model_base_path={model_base_path!r}"
             )
+        limits = {
+            "grpc_threads": grpc_threads,
+            "rest_threads": rest_threads,
+            "max_request_elements": max_request_elements,
+            "rest_timeout_ms": rest_timeout_ms,
+            "rest_max_body_bytes": rest_max_body_bytes,
+        }
+        limits["max_queued_requests"] = max_queued_requests
+        for key, value in limits.items():
+            least = 0 if key == "max_queued_requests" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{key} must be an integer >= {least}. Received: {key}={value!r}")
         if isinstance(batching_parameters, str):
             with open(batching_parameters, encoding="utf-8") as f:
                 batching_parameters = parse_batching_parameters(f.read())
         self.batching_parameters = (batching_parameters or BatchingParameters()) if enable_batching else None
         self._configs, self._host, self._ports = configs, host, (port, rest_port)
-        self._poll_seconds, self._grpc_threads = poll_seconds, grpc_threads
+        self._poll_seconds, self._limits = poll_seconds, limits
         self.grpc_port = self.rest_port = None
         self._grpc = self._rest = self._manager = self.scheduler = None
         self._stopped = threading.Event()
@@ -246,7 +292,8 @@ class ModelServer:
     def start(self) -> ModelServer:
         """Loads the versions present, then opens the gRPC and REST ports and starts polling."""
         self.scheduler = BatchScheduler(self.batching_parameters) if self.batching_parameters else None
-        service = ServingService(None, self.scheduler)
+        limits = self._limits
+        service = ServingService(None, self.scheduler, limits["max_request_elements"])
         self._manager = ModelManager(
             self._configs,
             self._poll_seconds,
@@ -258,7 +305,12 @@ class ModelServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ]
-        self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=self._grpc_threads), options=options)
+        # Past the workers plus the queue, gRPC answers RESOURCE_EXHAUSTED instead of queueing.
+        self._grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=limits["grpc_threads"]),
+            options=options,
+            maximum_concurrent_rpcs=limits["grpc_threads"] + limits["max_queued_requests"],
+        )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(service), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(service), self._grpc)
         try:
@@ -273,7 +325,13 @@ class ModelServer:
         log.info("Running gRPC ModelServer at %s ...", self.grpc_address)
         if self._ports[1] is not None:
             try:
-                self._rest = RestServer((self._host, self._ports[1]), make_handler(service))
+                handler = make_handler(service, limits["rest_max_body_bytes"], limits["rest_timeout_ms"])
+                self._rest = RestServer(
+                    (self._host, self._ports[1]),
+                    handler,
+                    num_threads=limits["rest_threads"],
+                    max_queued=limits["max_queued_requests"],
+                )
             except OSError as error:
                 self.stop()
                 raise RuntimeError(f"cannot bind REST port {self._host}:{self._ports[1]}: {error}") from error
@@ -283,12 +341,16 @@ class ModelServer:
         return self
 
     def stop(self, grace: float = 2.0) -> None:
-        """Stops accepting requests, lets those in flight finish for `grace` seconds, stops polling."""
+        """Refuses new requests, lets those in flight finish for `grace` seconds, stops polling.
+
+        New gRPC calls get UNAVAILABLE and new REST connections are refused at once; requests
+        still running after `grace` seconds are cancelled.
+        """
+        stopped = self._grpc.stop(grace) if self._grpc is not None else None
         if self._rest is not None:
-            self._rest.shutdown()
-            self._rest.server_close()
-        if self._grpc is not None:
-            self._grpc.stop(grace).wait()
+            self._rest.drain(grace)
+        if stopped is not None:
+            stopped.wait()
         if self._manager is not None:
             self._manager.stop()
         if self.scheduler is not None:
