@@ -125,7 +125,9 @@ class BatchScheduler:
                 remaining = first.enqueued + timeout - time.monotonic()
                 if size >= limit or remaining <= 0:
                     break
-                self._condition.wait(remaining)
+                # Wake up at the soonest deadline too, so an expired request is answered in time.
+                deadlines = [t.deadline - time.monotonic() for t in self._queue if t.deadline is not None]
+                self._condition.wait(max(min([remaining, *deadlines]), 0.001))
             batch, total = [], 0
             for task in mates:
                 if total + task.size > limit:
