@@ -314,6 +314,8 @@ def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int 
                     raise _bad(f"JSON Parse error: {error}"[:200]) from error
                 if not isinstance(body, dict):
                     raise _bad("The request body must be a JSON object")
+                if not isinstance(body.get("signature_name", ""), str):
+                    raise _bad("'signature_name' key must be a string value.")  # TF Serving's text
                 if match["verb"] != "predict":
                     service.classify_or_regress(match["verb"], spec, body.get("signature_name", ""))
                 version = service.resolve(**spec)

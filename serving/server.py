@@ -165,6 +165,40 @@ def _answer(context, handler, request):
         context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"[: MAX_ERROR_CHARS])
 
 
+class _Malformed:
+    """A request message that did not parse; answered INVALID_ARGUMENT instead of gRPC's INTERNAL."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class _MalformedRequests(grpc.ServerInterceptor):
+    """Parses request messages without raising, so a malformed or truncated one gets INVALID_ARGUMENT.
+
+    gRPC itself answers a message that fails to parse with INTERNAL ("Exception deserializing request").
+    """
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behaviour = handler.request_deserializer, handler.unary_unary
+
+        def safe_parse(data: bytes):
+            try:
+                return parse(data)
+            except Exception as error:
+                return _Malformed(error)
+
+        def run(request, context):
+            if isinstance(request, _Malformed):
+                message = f"Could not parse the request message: {type(request.error).__name__}: {request.error}"
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, message[:MAX_ERROR_CHARS])
+            return behaviour(request, context)
+
+        return handler._replace(request_deserializer=safe_parse, unary_unary=run)
+
+
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, service: ServingService):
         self.service = service
@@ -309,6 +343,7 @@ class ModelServer:
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limits["grpc_threads"]),
             options=options,
+            interceptors=[_MalformedRequests()],
             maximum_concurrent_rpcs=limits["grpc_threads"] + limits["max_queued_requests"],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(service), self._grpc)

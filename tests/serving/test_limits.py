@@ -91,7 +91,9 @@ def test_pixel_limit_holds_through_the_server(limited):
         error = _refusal(server, _request(tf.make_tensor_proto(np.zeros((1, 40, 40, 3), np.uint8))))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "images too large: 1600 input pixels in one request, the limit is 1024" in error.details()
-        status, body = _post(server.rest_address, json.dumps({"instances": np.zeros((1, 40, 40, 3), int).tolist()}).encode())
+        status, body = _post(
+            server.rest_address, json.dumps({"instances": np.zeros((1, 40, 40, 3), int).tolist()}).encode()
+        )
         assert status == 400 and "images too large: 1600 input pixels" in body["error"]
         images = random_images(1, 32, 32, seed=2)
         answer = _predict(server, _request(tf.make_tensor_proto(images)))
