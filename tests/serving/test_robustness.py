@@ -24,7 +24,7 @@ import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 from serving_testing import build_test_model, free_port, random_images, reference, wait_until
@@ -243,6 +243,9 @@ def test_hostile_rest_bodies_are_refused(server, exported):
 
     @CORPUS
     @given(body=hostile_bodies())
+    @example(body=json.dumps({"signature_name": "serve_encoded", "instances": [{"b64": "A" * (3 << 20)}]}).encode())
+    @example(body=b'{"instances": ' + b"[" * 1_000_000 + b"]" * 1_000_000 + b"}")
+    @example(body=b'{"instances": [[[[1e999, NaN, -Infinity]]]]}')
     def send(body):
         status, answer = _post(server.rest_port, body)
         seen.append(status)
@@ -251,7 +254,7 @@ def test_hostile_rest_bodies_are_refused(server, exported):
 
     with Bystander(server.grpc_address, model):
         send()
-    assert len(seen) == CORPUS.max_examples and 429 in seen  # the corpus reached the body limit too
+    assert len(seen) >= CORPUS.max_examples and 429 in seen  # the corpus reached the body limit too
     _assert_still_serving(server, model)
 
 
@@ -307,10 +310,15 @@ def test_malformed_and_truncated_protobufs_are_refused(server, exported):
         @CORPUS
         @given(message=malformed_messages())
         def send(message):
-            with pytest.raises(grpc.RpcError) as caught:
-                predict(message, timeout=60)
-            codes.append(caught.value.code())
-            assert caught.value.code() in REFUSED | NAMED_NOTHING, (caught.value.code(), caught.value.details())
+            try:
+                answer = predict(message, timeout=60)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+                assert error.code() in REFUSED | NAMED_NOTHING, (error.code(), error.details())
+            else:  # a flipped pixel value or name byte can leave a valid request: then a valid answer
+                codes.append(grpc.StatusCode.OK)
+                assert predict_pb2.PredictRequest.FromString(message).inputs
+                assert predict_pb2.PredictResponse.FromString(answer).outputs
 
         send()
         assert predict(_GOOD, timeout=60)  # the raw path itself works
