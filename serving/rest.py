@@ -233,6 +233,10 @@ def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int 
                 if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
                     message += f" (the request took more than --rest_api_timeout_in_ms={timeout_ms})"
                 self._reply(HTTP_CODES.get(error.code, 500), {"error": message})
+            except TimeoutError:  # the client stopped sending its body for the whole timeout
+                self.close_connection = True
+                message = f"Deadline exceeded: the body did not arrive within --rest_api_timeout_in_ms={timeout_ms}"
+                self._reply(504, {"error": message})
             except Exception as error:  # the server stays up whatever the request held
                 log.exception("REST request failed")
                 self.close_connection = True

@@ -14,10 +14,9 @@ from .errors import ServingError
 # its whole shape, so without this a 55-byte request makes the server build a multi-GB array.
 MAX_REQUEST_ELEMENTS = 3 << 25
 # Typed value fields of a TensorProto and how many entries make one element (complex: 2).
-_VALUE_FIELDS = {
-    "half_val": 1, "float_val": 1, "double_val": 1, "int_val": 1, "int64_val": 1, "uint32_val": 1,
-    "uint64_val": 1, "bool_val": 1, "string_val": 1, "scomplex_val": 2, "dcomplex_val": 2,
-}
+_VALUE_FIELDS = dict.fromkeys(
+    ["half_val", "float_val", "double_val", "int_val", "int64_val", "uint32_val", "uint64_val", "bool_val"], 1
+) | {"string_val": 1, "scomplex_val": 2, "dcomplex_val": 2}
 
 
 def _varint(value: int) -> bytes:
