@@ -211,6 +211,11 @@ def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int 
         def log_message(self, format, *args):  # noqa: A002 - the base class's name
             log.debug("REST %s", format % args)
 
+        def parse_request(self) -> bool:
+            # A request line arrived: this connection is now answering a request, not idle.
+            getattr(self.server, "mark_active", lambda *_: None)(self.request, True)
+            return super().parse_request()
+
         def _reply(self, code: int, body: dict) -> None:
             data = json.dumps(body).encode("utf-8")
             if getattr(self.server, "draining", False):
@@ -222,6 +227,7 @@ def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int 
                 self.send_header("Connection", "close")
             self.end_headers()
             self.wfile.write(data)
+            getattr(self.server, "mark_active", lambda *_: None)(self.request, False)
 
         def _answer(self, answer) -> None:
             accepted = getattr(self.server, "take_accepted_time", lambda: None)()
@@ -385,7 +391,8 @@ class RestServer(http.server.HTTPServer):
         self._capacity = num_threads + max_queued  # connections served or waiting, at most
         self._admitted = 0
         self._lock = threading.Condition()
-        self._busy: set[socket.socket] = set()
+        self._busy: set[socket.socket] = set()  # connections held by a worker
+        self._active: set[socket.socket] = set()  # of those, the ones answering a request
         self._local = threading.local()
         self._workers = [threading.Thread(target=self._work, name=f"rest-{i}", daemon=True) for i in range(num_threads)]
         for worker in self._workers:
@@ -411,6 +418,15 @@ class RestServer(http.server.HTTPServer):
         except OSError:
             pass
         _discard_and_close(request, 0.05)  # the accepting thread must not wait long
+
+    def mark_active(self, connection: socket.socket, active: bool) -> None:
+        """Called by the handler: a request started (True) or was answered (False) on `connection`."""
+        with self._lock:
+            if active:
+                self._active.add(connection)
+            else:
+                self._active.discard(connection)
+                self._lock.notify_all()
 
     def take_accepted_time(self) -> float | None:
         """When this thread's connection was accepted, once: its first request counts the wait for a worker."""
@@ -438,6 +454,7 @@ class RestServer(http.server.HTTPServer):
                 with self._lock:
                     self._admitted -= 1
                     self._busy.discard(request)
+                    self._active.discard(request)
                     self._lock.notify_all()
 
     def drain(self, grace: float) -> None:
@@ -447,9 +464,9 @@ class RestServer(http.server.HTTPServer):
         self.server_close()
         deadline = time.monotonic() + grace
         with self._lock:
-            while self._busy and time.monotonic() < deadline:
+            while self._active and time.monotonic() < deadline:
                 self._lock.wait(max(deadline - time.monotonic(), 0.01))
-            for connection in list(self._busy):  # idle keep-alive ones, or past the grace time
+            for connection in list(self._busy):  # idle keep-alive ones, and any past the grace time
                 try:
                     connection.shutdown(socket.SHUT_RDWR)
                 except OSError:

@@ -518,4 +518,12 @@ def test_sigterm_under_load_finishes_requests_in_flight_and_refuses_new_ones(exp
     later = [o[2] for o in clients.outcomes if o[0] > stopped]
     refused = {grpc.StatusCode.UNAVAILABLE, "ConnectionRefusedError"}
     assert set(later) <= refused, later
-    assert all(o[2] in {True, 200} | refused | {503} for o in clients.outcomes), clients.outcomes
+    # A connection made just before the signal, whose request the server had not read yet, may be
+    # closed unanswered (refused); nothing else fails.
+    closed = {"ConnectionResetError", "RemoteDisconnected", "BrokenPipeError"}
+    odd = [
+        o
+        for o in clients.outcomes
+        if o[2] not in {True, 200, 503} | refused and not (o[2] in closed and o[0] > signalled - 0.25)
+    ]
+    assert not odd, odd
