@@ -172,11 +172,25 @@ class _Malformed:
         self.error = error
 
 
-class _MalformedRequests(grpc.ServerInterceptor):
-    """Parses request messages without raising, so a malformed or truncated one gets INVALID_ARGUMENT.
+class _RequestGuard(grpc.ServerInterceptor):
+    """Parses request messages without raising, refuses new calls while draining, counts calls in flight.
 
-    gRPC itself answers a message that fails to parse with INTERNAL ("Exception deserializing request").
+    gRPC itself answers a message that fails to parse with INTERNAL ("Exception deserializing request"):
+    here it gets INVALID_ARGUMENT. Once `drain` starts, new calls get UNAVAILABLE from the handler,
+    while gRPC's own stop would cancel calls it has received but not yet started (CANCELLED).
     """
+
+    def __init__(self):
+        self.draining = False
+        self._in_flight = 0
+        self._condition = threading.Condition()
+
+    def drain(self, deadline: float) -> None:
+        """Refuses new calls; waits until the calls in flight are answered or `time.monotonic()` passes `deadline`."""
+        self.draining = True
+        with self._condition:
+            while self._in_flight and time.monotonic() < deadline:
+                self._condition.wait(max(deadline - time.monotonic(), 0.01))
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -191,10 +205,19 @@ class _MalformedRequests(grpc.ServerInterceptor):
                 return _Malformed(error)
 
         def run(request, context):
+            if self.draining:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
             if isinstance(request, _Malformed):
                 message = f"Could not parse the request message: {type(request.error).__name__}: {request.error}"
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, message[:MAX_ERROR_CHARS])
-            return behaviour(request, context)
+            with self._condition:
+                self._in_flight += 1
+            try:
+                return behaviour(request, context)
+            finally:
+                with self._condition:
+                    self._in_flight -= 1
+                    self._condition.notify_all()
 
         return handler._replace(request_deserializer=safe_parse, unary_unary=run)
 
@@ -312,7 +335,7 @@ class ModelServer:
         self._configs, self._host, self._ports = configs, host, (port, rest_port)
         self._poll_seconds, self._limits = poll_seconds, limits
         self.grpc_port = self.rest_port = None
-        self._grpc = self._rest = self._manager = self.scheduler = None
+        self._grpc = self._rest = self._manager = self.scheduler = self._guard = None
         self._stopped = threading.Event()
 
     @property
@@ -339,11 +362,12 @@ class ModelServer:
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ]
+        self._guard = _RequestGuard()
         # Past the workers plus the queue, gRPC answers RESOURCE_EXHAUSTED instead of queueing.
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limits["grpc_threads"]),
             options=options,
-            interceptors=[_MalformedRequests()],
+            interceptors=[self._guard],
             maximum_concurrent_rpcs=limits["grpc_threads"] + limits["max_queued_requests"],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(service), self._grpc)
@@ -381,11 +405,14 @@ class ModelServer:
         New gRPC calls get UNAVAILABLE and new REST connections are refused at once; requests
         still running after `grace` seconds are cancelled.
         """
-        stopped = self._grpc.stop(grace) if self._grpc is not None else None
+        deadline = time.monotonic() + grace
+        if self._guard is not None:
+            self._guard.draining = True  # new gRPC calls: UNAVAILABLE from now on
         if self._rest is not None:
             self._rest.drain(grace)
-        if stopped is not None:
-            stopped.wait()
+        if self._grpc is not None:
+            self._guard.drain(deadline)
+            self._grpc.stop(max(deadline - time.monotonic(), 0.5)).wait()
         if self._manager is not None:
             self._manager.stop()
         if self.scheduler is not None:
