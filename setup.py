@@ -46,6 +46,9 @@ setup(
             "pytest-timeout>=2.3",
             "pyyaml>=6",
             "ruff>=0.6",
+            # serving robustness: a generated corpus of hostile requests; server RSS under load
+            "hypothesis>=6.100",
+            "psutil>=5.9",
             # the quickstart notebook is executed by a test
             "nbclient>=0.9",
             "nbformat>=5.9",

@@ -93,7 +93,7 @@ def _add_export(verbs) -> None:
         "--max-decoded-pixels",
         type=int,
         default=None,
-        help="most pixels serve_encoded decodes in one request (default: 33554432)",
+        help="most pixels one request computes, in either signature (default: 33554432)",
     )
     parser.add_argument(
         "--tolerance",
@@ -192,6 +192,23 @@ def _add_serve(verbs) -> None:
         dest="ssl_config_file",
         help="an SSLConfig text file (server_key, server_cert, custom_ca, client_verify): TLS on gRPC",
     )
+    # Bounds on what requests may cost (TF Serving's flag names where it has one).
+    limits = (
+        ("--max-request-elements", "--max_request_elements", 3 << 25, "values one gRPC Predict request may declare"),
+        ("--grpc-max-threads", "--grpc_max_threads", 16, "gRPC worker threads"),
+        ("--rest-api-num-threads", "--rest_api_num_threads", 16, "REST worker threads"),
+        ("--max-queued-requests", "--max_queued_requests", 64, "requests waiting for a worker; then 429"),
+        ("--rest-api-timeout-in-ms", "--rest_api_timeout_in_ms", 30000, "REST request timeout; then 504"),
+        ("--rest-api-max-body-bytes", "--rest_api_max_body_bytes", 1 << 30, "largest REST body; then 429"),
+    )
+    for flag, alias, default, text in limits:
+        parser.add_argument(flag, alias, type=int, default=default, help=f"{text} (default: {default})")
+    parser.add_argument(
+        "--shutdown-grace-seconds",
+        type=float,
+        default=10.0,
+        help="on SIGTERM, how long requests in flight may finish (default: 10)",
+    )
     parser.set_defaults(run=_run_serve)
 
 
@@ -226,6 +243,12 @@ def _run_serve(args) -> int:
             monitoring_config_file=args.monitoring_config_file,
             ssl_config_file=args.ssl_config_file,
             enable_signature_method_name_check=args.method_name_check,
+            grpc_threads=args.grpc_max_threads,
+            rest_threads=args.rest_api_num_threads,
+            max_queued_requests=args.max_queued_requests,
+            max_request_elements=args.max_request_elements,
+            rest_timeout_ms=args.rest_api_timeout_in_ms,
+            rest_max_body_bytes=args.rest_api_max_body_bytes,
         )
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -236,7 +259,7 @@ def _run_serve(args) -> int:
     while not stop.wait(0.5):
         pass
     logging.getLogger("keras_fcn.serving").info("Shutting down")
-    server.stop()
+    server.stop(args.shutdown_grace_seconds)
     return 0
 
 

@@ -33,8 +33,10 @@ SERVE_PNG = "serve_png"
 ASSETS_EXTRA = "assets.extra"
 CLASS_NAMES_FILE = "class_names.txt"
 WARMUP_FILE = "tf_serving_warmup_requests"
-# Decoded pixels allowed in one `serve_encoded` or `serve_png` request (all images together): a 20 kB PNG can
-# claim 50000x50000 pixels, so sizes are read from the headers and checked before decoding.
+# Pixels one request may compute (all images together), in every signature: a 20 kB PNG can claim
+# 50000x50000 pixels, so `serve_encoded` and `serve_png` read sizes from the headers and check them
+# before decoding; `serving_default` checks the shape of its input before the model runs. The check
+# lives in the SavedModel, so it holds under TF Serving too.
 DEFAULT_MAX_DECODED_PIXELS = 1 << 25  # 33.5 M pixels, e.g. 8 images of 2048x2048
 # Largest |probability difference| the reload-and-compare check accepts (float32, 16-bit models).
 DEFAULT_TOLERANCE = 1e-4
@@ -99,7 +101,9 @@ def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED
     Args:
         model: a Keras model with input `images` (N, H, W, 3) RGB 0..255 and output logits
             (N, H, W, C).
-        max_decoded_pixels: the most pixels `serve_encoded` and `serve_png` decode in one request.
+        max_decoded_pixels: the most pixels one request computes (`serve_encoded` and `serve_png`
+            decode), all images together; past it every signature fails with INVALID_ARGUMENT before
+            the model runs.
 
     Returns:
         `{"serving_default": fn(images), "serve_encoded": fn(image_bytes), "serve_png": fn(image_bytes)}`
@@ -119,8 +123,23 @@ def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED
             "probabilities": tf.nn.softmax(logits, axis=-1),  # (N, H, W, C)
         }
 
+    def pixel_limit(pixels, what: str):
+        return tf.debugging.Assert(
+            pixels <= max_decoded_pixels,
+            [
+                tf.strings.format(
+                    "images too large: {} " + what + " pixels in one request, the limit is {}",
+                    (pixels, tf.constant(max_decoded_pixels, tf.int64)),
+                )
+            ],
+        )
+
     @tf.function(input_signature=[tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")])
     def serving_default(images):
+        # The activations are ~1000x the input: refuse before the model allocates them.
+        shape = tf.shape(images, out_type=tf.int64)
+        with tf.control_dependencies([pixel_limit(shape[0] * shape[1] * shape[2], "input")]):
+            images = tf.identity(images)
         return predict(images)
 
     def image_size(data):
@@ -153,16 +172,7 @@ def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED
             tf.reduce_all(tf.equal(sizes, sizes[:1])),
             [tf.strings.format("images in one request must share a size; received (height, width) sizes {}", sizes)],
         )
-        pixels = tf.reduce_sum(sizes[:, 0] * sizes[:, 1])
-        small = tf.debugging.Assert(
-            pixels <= max_decoded_pixels,
-            [
-                tf.strings.format(
-                    "images too large: {} decoded pixels in one request, the limit is {}",
-                    (pixels, tf.constant(max_decoded_pixels, tf.int64)),
-                )
-            ],
-        )
+        small = pixel_limit(tf.reduce_sum(sizes[:, 0] * sizes[:, 1]), "decoded")
         with tf.control_dependencies([same, small]):
             return tf.map_fn(
                 lambda data: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
@@ -211,7 +221,8 @@ def export_saved_model(
         base_path: the model's base path, holding one numeric folder per version.
         version: the version number; None picks the next one (1 for an empty base path).
         class_names: C names stored in `assets.extra/class_names.txt`; None writes `class_0`, ...
-        max_decoded_pixels: the most pixels `serve_encoded` and `serve_png` decode in one request.
+        max_decoded_pixels: the most pixels one request computes in any signature (all images
+            together); past it the request fails with INVALID_ARGUMENT before the model runs.
         probe_size: (height, width) of the random probe image used for the warm-up requests and
             the reload-and-compare check.
         tolerance: the largest |probability difference| between the reloaded SavedModel and the

@@ -21,15 +21,16 @@ import grpc
 import numpy as np
 
 from .config import BatchingParameters
-from .errors import ServingError
+from .errors import ServingError, check_deadline
 from .predict import run_signature
 
 SHUTTING_DOWN = "Server is shutting down; the request was not run"
+DEADLINE_PASSED = "Deadline exceeded before the request ran"
 
 
 class _Task:
-    def __init__(self, function, inputs: dict):
-        self.function, self.inputs = function, inputs
+    def __init__(self, function, inputs: dict, deadline: float | None = None):
+        self.function, self.inputs, self.deadline = function, inputs, deadline
         self.size = int(next(iter(inputs.values())).shape[0]) if inputs else 0
         shapes = tuple(sorted((k, v.dtype.str, v.shape[1:]) for k, v in inputs.items()))
         self.key = (id(function), shapes)
@@ -56,9 +57,14 @@ class BatchScheduler:
         self.batches_run = 0  # counters, read by tests and the benchmark
         self.examples_run = 0
 
-    def run(self, function, inputs: dict) -> dict:
-        """Queues one call and waits for its outputs (a numpy dict), or raises its error."""
-        task = _Task(function, inputs)
+    def run(self, function, inputs: dict, deadline: float | None = None) -> dict:
+        """Queues one call and waits for its outputs (a numpy dict), or raises its error.
+
+        A request still queued at its `deadline` (`time.monotonic()` seconds) is not run: it fails
+        with DEADLINE_EXCEEDED, since its sender has given up.
+        """
+        check_deadline(deadline)
+        task = _Task(function, inputs, deadline)
         batchable = (
             inputs and all(v.ndim >= 1 for v in inputs.values()) and len({v.shape[0] for v in inputs.values()}) == 1
         )
@@ -105,13 +111,23 @@ class BatchScheduler:
                 if not self._queue:
                     self._condition.wait()
                     continue
+                now = time.monotonic()
+                for task in [t for t in self._queue if t.deadline is not None and t.deadline < now]:
+                    self._queue.remove(task)
+                    self._queued_examples -= task.size
+                    task.error = ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, DEADLINE_PASSED)
+                    task.done.set()
+                if not self._queue:
+                    continue
                 first = self._queue[0]
                 mates = [t for t in self._queue if t.key == first.key]
                 size = sum(t.size for t in mates)
                 remaining = first.enqueued + timeout - time.monotonic()
                 if size >= limit or remaining <= 0:
                     break
-                self._condition.wait(remaining)
+                # Wake up at the soonest deadline too, so an expired request is answered in time.
+                deadlines = [t.deadline - time.monotonic() for t in self._queue if t.deadline is not None]
+                self._condition.wait(max(min([remaining, *deadlines]), 0.001))
             batch, total = [], 0
             for task in mates:
                 if total + task.size > limit:

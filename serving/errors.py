@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 
 import grpc
 
@@ -31,3 +32,9 @@ def clean_tf_message(message: str) -> str:
             continue
         lines.append(stripped.split(" [Op:")[0])
     return "\n".join(lines) or message
+
+
+def check_deadline(deadline: float | None, what: str = "the request ran") -> None:
+    """DEADLINE_EXCEEDED once `time.monotonic()` is past `deadline` (None: no deadline)."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, f"Deadline exceeded before {what}")

@@ -13,7 +13,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from .errors import ServingError, clean_tf_message
 from .inputs import check_inputs, check_output_filter
-from .tensors import from_tensor_proto, to_tensor_proto
+from .tensors import MAX_REQUEST_ELEMENTS, check_request_size, from_tensor_proto, to_tensor_proto
 from .versions import LoadedVersion
 
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -57,9 +57,17 @@ def predict_arrays(
 
 
 def predict(
-    version: LoadedVersion, request: predict_pb2.PredictRequest, run=run_signature, method_name_check: bool = False
+    version: LoadedVersion,
+    request: predict_pb2.PredictRequest,
+    run=run_signature,
+    method_name_check: bool = False,
+    max_elements: int = MAX_REQUEST_ELEMENTS,
 ) -> predict_pb2.PredictResponse:
-    """TF Serving's Predict on one loaded version, from request proto to response proto."""
+    """TF Serving's Predict on one loaded version, from request proto to response proto.
+
+    The shapes the request declares are checked against `max_elements` before any array is built.
+    """
+    check_request_size(request.inputs, max_elements)
     inputs = {alias: from_tensor_proto(alias, proto) for alias, proto in request.inputs.items()}
     signature_name, output_filter = request.model_spec.signature_name, request.output_filter
     name, outputs = predict_arrays(version, signature_name, inputs, output_filter, run, method_name_check)

@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import threading
+import time
 from concurrent import futures
 
 import grpc
@@ -41,11 +42,12 @@ from .config import (
     validate_model_configs,
 )
 from .config_watch import ConfigFileWatcher
-from .errors import MAX_ERROR_CHARS, ServingError, log
+from .errors import MAX_ERROR_CHARS, ServingError, check_deadline, log
 from .grpc_options import MAX_MESSAGE_BYTES, server_options  # noqa: F401 - the limit stays importable here
 from .manager import ModelManager
 from .rest import _PATH as REST_PATH
-from .rest import RestServer, make_handler
+from .rest import DEFAULT_MAX_QUEUED, DEFAULT_THREADS, DEFAULT_TIMEOUT_MS, MAX_BODY_BYTES, RestServer, make_handler
+from .tensors import MAX_REQUEST_ELEMENTS
 from .versions import LoadedVersion
 
 
@@ -60,20 +62,31 @@ class ServingService:
     """The requests both front ends answer, on a `ModelManager` (and a batch scheduler if enabled)."""
 
     def __init__(
-        self, manager: ModelManager, scheduler: BatchScheduler | None = None, method_name_check: bool = False
+        self,
+        manager: ModelManager,
+        scheduler: BatchScheduler | None = None,
+        method_name_check: bool = False,
+        max_request_elements: int = MAX_REQUEST_ELEMENTS,
     ):
         self.manager = manager
         self.scheduler = scheduler
         self.method_name_check = method_name_check  # TF Serving's --enable_signature_method_name_check
+        self.max_request_elements = max_request_elements
 
-    def run(self, function, inputs: dict) -> dict:
-        return self.scheduler.run(function, inputs) if self.scheduler else predict_lib.run_signature(function, inputs)
+    def run(self, function, inputs: dict, deadline: float | None = None) -> dict:
+        """Calls a signature, batched if enabled; not at all once its sender's deadline has passed."""
+        if self.scheduler:
+            return self.scheduler.run(function, inputs, deadline)
+        check_deadline(deadline)
+        return predict_lib.run_signature(function, inputs)
 
     def resolve(self, name: str, version: int | None = None, label: str = "") -> LoadedVersion:
         return self.manager.model(name, version).resolve(version, label)
 
-    def predict(self, request):
-        return predict_lib.predict(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
+    def predict(self, request, deadline: float | None = None):
+        version = self.manager.resolve(_spec(request))
+        run = lambda function, inputs: self.run(function, inputs, deadline)  # noqa: E731
+        return predict_lib.predict(version, request, run, self.method_name_check, self.max_request_elements)
 
     def classify(self, request):
         return classify_lib.classify(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
@@ -87,9 +100,12 @@ class ServingService:
         version = self.manager.resolve(spec)
         return multi_inference_lib.multi_inference(version, request, self.run, self.method_name_check)
 
-    def predict_arrays(self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=()):
+    def predict_arrays(
+        self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=(), deadline=None
+    ):
+        run = lambda function, inputs: self.run(function, inputs, deadline)  # noqa: E731
         return predict_lib.predict_arrays(
-            version, signature_name, inputs, output_filter, self.run, self.method_name_check
+            version, signature_name, inputs, output_filter, run, self.method_name_check
         )
 
     def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
@@ -137,6 +153,12 @@ class ServingService:
         return model_management_pb2.ReloadConfigResponse()
 
 
+def _deadline(context) -> float | None:
+    """The client's gRPC deadline as a `time.monotonic()` time; None without one."""
+    remaining = context.time_remaining()
+    return None if remaining is None or remaining > 1e8 else time.monotonic() + remaining
+
+
 def _answer(context, handler, request):
     """Runs a handler; a ServingError becomes its gRPC status, anything else INTERNAL (server stays up)."""
     try:
@@ -148,12 +170,69 @@ def _answer(context, handler, request):
         context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"[: MAX_ERROR_CHARS])
 
 
+class _Malformed:
+    """A request message that did not parse; answered INVALID_ARGUMENT instead of gRPC's INTERNAL."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+
+class _RequestGuard(grpc.ServerInterceptor):
+    """Parses request messages without raising, refuses new calls while draining, counts calls in flight.
+
+    gRPC itself answers a message that fails to parse with INTERNAL ("Exception deserializing request"):
+    here it gets INVALID_ARGUMENT. Once `drain` starts, new calls get UNAVAILABLE from the handler,
+    while gRPC's own stop would cancel calls it has received but not yet started (CANCELLED).
+    """
+
+    def __init__(self):
+        self.draining = False
+        self._in_flight = 0
+        self._condition = threading.Condition()
+
+    def drain(self, deadline: float) -> None:
+        """Refuses new calls; waits until the calls in flight are answered or `time.monotonic()` passes `deadline`."""
+        self.draining = True
+        with self._condition:
+            while self._in_flight and time.monotonic() < deadline:
+                self._condition.wait(max(deadline - time.monotonic(), 0.01))
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
+            return handler
+        parse, behaviour = handler.request_deserializer, handler.unary_unary
+
+        def safe_parse(data: bytes):
+            try:
+                return parse(data)
+            except Exception as error:
+                return _Malformed(error)
+
+        def run(request, context):
+            if self.draining:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
+            if isinstance(request, _Malformed):
+                message = f"Could not parse the request message: {type(request.error).__name__}: {request.error}"
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, message[:MAX_ERROR_CHARS])
+            with self._condition:
+                self._in_flight += 1
+            try:
+                return behaviour(request, context)
+            finally:
+                with self._condition:
+                    self._in_flight -= 1
+                    self._condition.notify_all()
+
+        return handler._replace(request_deserializer=safe_parse, unary_unary=run)
+
+
 class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, service: ServingService):
         self.service = service
 
     def Predict(self, request, context):  # noqa: N802 - gRPC method names
-        return _answer(context, self.service.predict, request)
+        return _answer(context, lambda r: self.service.predict(r, _deadline(context)), request)
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         return _answer(context, self.service.metadata, request)
@@ -192,7 +271,13 @@ class ModelServer:
         enable_batching: batch concurrent requests to the same signature.
         batching_parameters: a `BatchingParameters` or the path of a text file; None: defaults.
         poll_seconds: how often the base paths are scanned for new versions.
-        grpc_threads: worker threads of the gRPC server.
+        grpc_threads: worker threads of the gRPC server (`--grpc_max_threads`).
+        rest_threads: worker threads of the REST server (`--rest_api_num_threads`).
+        max_queued_requests: requests (gRPC) or connections (REST) that may wait for a worker;
+            past them gRPC answers RESOURCE_EXHAUSTED and REST 429.
+        max_request_elements: the most values the tensors of one gRPC Predict request may declare.
+        rest_timeout_ms: REST requests not answered in this time get 504 (`--rest_api_timeout_in_ms`).
+        rest_max_body_bytes: larger REST bodies are refused with 429 before they are read.
         model_config_file_poll_wait_seconds: with `model_config_file`, re-read it this often and
             switch to the models it lists; 0: read once at start (TF Serving's default).
         grpc_channel_arguments: gRPC server options overriding the defaults, as TF Serving's
@@ -224,6 +309,11 @@ class ModelServer:
         batching_parameters: BatchingParameters | str | None = None,
         poll_seconds: float = 1.0,
         grpc_threads: int = 16,
+        rest_threads: int = DEFAULT_THREADS,
+        max_queued_requests: int = DEFAULT_MAX_QUEUED,
+        max_request_elements: int = MAX_REQUEST_ELEMENTS,
+        rest_timeout_ms: int = DEFAULT_TIMEOUT_MS,
+        rest_max_body_bytes: int = MAX_BODY_BYTES,
         model_config_file_poll_wait_seconds: float = 0.0,
         grpc_channel_arguments: str | dict | None = None,
         grpc_socket_path: str | None = None,
@@ -240,12 +330,24 @@ class ModelServer:
                 "give model_name and model_base_path, or model_config_file. "
                 f"Received: model_name={model_name!r}, model_base_path={model_base_path!r}"
             )
+        limits = {
+            "grpc_threads": grpc_threads,
+            "rest_threads": rest_threads,
+            "max_request_elements": max_request_elements,
+            "rest_timeout_ms": rest_timeout_ms,
+            "rest_max_body_bytes": rest_max_body_bytes,
+        }
+        limits["max_queued_requests"] = max_queued_requests
+        for key, value in limits.items():
+            least = 0 if key == "max_queued_requests" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{key} must be an integer >= {least}. Received: {key}={value!r}")
         if isinstance(batching_parameters, str):
             with open(batching_parameters, encoding="utf-8") as f:
                 batching_parameters = parse_batching_parameters(f.read())
         self.batching_parameters = (batching_parameters or BatchingParameters()) if enable_batching else None
         self._configs, self._host, self._ports = configs, host, (port, rest_port)
-        self._poll_seconds, self._grpc_threads = poll_seconds, grpc_threads
+        self._poll_seconds, self._limits = poll_seconds, limits
         if model_config_file_poll_wait_seconds < 0 or (model_config_file_poll_wait_seconds and not model_config_file):
             raise ValueError(
                 "model_config_file_poll_wait_seconds must be >= 0 and needs model_config_file. "
@@ -267,7 +369,7 @@ class ModelServer:
         self.metrics = monitoring.Metrics()
         self._method_name_check = enable_signature_method_name_check
         self.grpc_port = self.rest_port = None
-        self._grpc = self._rest = self._manager = self.scheduler = self._watcher = None
+        self._grpc = self._rest = self._manager = self.scheduler = self._watcher = self._guard = None
         self._stopped = threading.Event()
 
     @property
@@ -286,7 +388,8 @@ class ModelServer:
     def start(self) -> ModelServer:
         """Loads the versions present, then opens the gRPC and REST ports and starts polling."""
         self.scheduler = BatchScheduler(self.batching_parameters) if self.batching_parameters else None
-        service = ServingService(None, self.scheduler, self._method_name_check)
+        limits = self._limits
+        service = ServingService(None, self.scheduler, self._method_name_check, limits["max_request_elements"])
         self._manager = ModelManager(
             self._configs,
             self._poll_seconds,
@@ -303,10 +406,13 @@ class ModelServer:
             self._watcher = ConfigFileWatcher(
                 self._config_file, self._config_poll_seconds, self._manager.configs, self._manager.reload
             ).start()
+        self._guard = _RequestGuard()
+        # Past the workers plus the queue, gRPC answers RESOURCE_EXHAUSTED instead of queueing.
         self._grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=self._grpc_threads),
+            futures.ThreadPoolExecutor(max_workers=limits["grpc_threads"]),
             options=self._grpc_options,
-            interceptors=[monitoring.RequestMetricsInterceptor(self.metrics)],
+            interceptors=[self._guard, monitoring.RequestMetricsInterceptor(self.metrics)],
+            maximum_concurrent_rpcs=limits["grpc_threads"] + limits["max_queued_requests"],
         )
         prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(service), self._grpc)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(service), self._grpc)
@@ -319,12 +425,17 @@ class ModelServer:
         if self.grpc_socket_path:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", self.grpc_socket_path)
         if self._ports[1] is not None:
-            handler = make_handler(service)
+            handler = make_handler(service, limits["rest_max_body_bytes"], limits["rest_timeout_ms"])
             handler = monitoring.monitored_handler(
                 handler, self.metrics, self._manager.version_states, self.prometheus_path, REST_PATH
             )
             try:
-                self._rest = RestServer((self._host, self._ports[1]), handler)
+                self._rest = RestServer(
+                    (self._host, self._ports[1]),
+                    handler,
+                    num_threads=limits["rest_threads"],
+                    max_queued=limits["max_queued_requests"],
+                )
             except OSError as error:
                 self.stop()
                 raise RuntimeError(f"cannot bind REST port {self._host}:{self._ports[1]}: {error}") from error
@@ -352,14 +463,21 @@ class ModelServer:
         return port
 
     def stop(self, grace: float = 2.0) -> None:
-        """Stops accepting requests, lets those in flight finish for `grace` seconds, stops polling."""
+        """Refuses new requests, lets those in flight finish for `grace` seconds, stops polling.
+
+        New gRPC calls get UNAVAILABLE and new REST connections are refused at once; requests
+        still running after `grace` seconds are cancelled.
+        """
+        deadline = time.monotonic() + grace
         if self._watcher is not None:
             self._watcher.stop()
+        if self._guard is not None:
+            self._guard.draining = True  # new gRPC calls: UNAVAILABLE from now on
         if self._rest is not None:
-            self._rest.shutdown()
-            self._rest.server_close()
+            self._rest.drain(grace)
         if self._grpc is not None:
-            self._grpc.stop(grace).wait()
+            self._guard.drain(deadline)
+            self._grpc.stop(max(deadline - time.monotonic(), 0.5)).wait()
         if self._manager is not None:
             self._manager.stop()
         if self.scheduler is not None:

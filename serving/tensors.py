@@ -9,7 +9,14 @@ from tensorflow.core.framework import tensor_pb2
 
 from .errors import ServingError
 
-MAX_REQUEST_ELEMENTS = 1 << 30  # no 1 GiB request message holds more values
+# Values one request may declare, all input tensors together (`--max_request_elements`): 3 x the
+# exported model's default pixel limit, i.e. 33.5 M RGB pixels. A TensorProto may hold one value for
+# its whole shape, so without this a 55-byte request makes the server build a multi-GB array.
+MAX_REQUEST_ELEMENTS = 3 << 25
+# Typed value fields of a TensorProto and how many entries make one element (complex: 2).
+_VALUE_FIELDS = dict.fromkeys(
+    ["half_val", "float_val", "double_val", "int_val", "int64_val", "uint32_val", "uint64_val", "bool_val"], 1
+) | {"string_val": 1, "scomplex_val": 2, "dcomplex_val": 2}
 
 
 _TF_NAMES = {"float32": "float", "float64": "double", "float16": "half"}
@@ -69,14 +76,57 @@ def to_tensor_proto(array: np.ndarray) -> tensor_pb2.TensorProto:
     return proto
 
 
+def declared_elements(alias: str, proto: tensor_pb2.TensorProto) -> int:
+    """The number of elements a request tensor's shape declares, read before any array is built.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT `tensor parsing error` on a negative dimension.
+    """
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}")
+    return int(np.prod(dims, dtype=object))  # Python ints: 2^63-sized claims do not wrap
+
+
+def check_request_size(tensors: dict, max_elements: int = MAX_REQUEST_ELEMENTS) -> None:
+    """Refuses a request whose tensors declare more than `max_elements` values together.
+
+    Args:
+        tensors: `{alias: TensorProto}` of one request.
+        max_elements: the most values all tensors may declare together.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT naming the limit and the shapes, before any array exists.
+    """
+    sizes = {alias: declared_elements(alias, proto) for alias, proto in tensors.items()}
+    total = sum(sizes.values())
+    if total > max_elements:
+        shapes = ", ".join(f"'{a}' {[d.size for d in p.tensor_shape.dim]}" for a, p in tensors.items())
+        raise ServingError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request too large: its tensors declare {total} values ({shapes}); the limit is {max_elements} "
+            "values a request (--max_request_elements)",
+        )
+
+
 def from_tensor_proto(alias: str, proto: tensor_pb2.TensorProto) -> np.ndarray:
-    """The numpy value of a request tensor; INVALID_ARGUMENT `tensor parsing error` when malformed."""
+    """The numpy value of a request tensor; INVALID_ARGUMENT `tensor parsing error` when malformed.
+
+    The values must fill the declared shape: `tensor_content` of exactly its byte size, or typed
+    values, one per element or a single one standing for all (as `tf.make_tensor_proto(7, shape=...)`
+    writes). Call `check_request_size` first: one value may stand for a huge shape.
+    """
+    elements = declared_elements(alias, proto)
     try:
-        dims = [d.size for d in proto.tensor_shape.dim]
-        # One typed value may stand for a whole shape: refuse shapes no real request could fill.
-        if any(d < 0 for d in dims) or np.prod(dims, dtype=np.float64) > MAX_REQUEST_ELEMENTS:
-            raise ValueError(f"shape {dims}")
+        dtype = tf.dtypes.as_dtype(proto.dtype)
+        if proto.tensor_content:
+            if dtype == tf.string or len(proto.tensor_content) != elements * dtype.size:
+                raise ValueError(f"tensor_content of {len(proto.tensor_content)} bytes")
+        else:
+            count = sum(len(getattr(proto, f)) // n for f, n in _VALUE_FIELDS.items())
+            if count != elements and count != 1:
+                raise ValueError(f"{count} values")
         array = tf.make_ndarray(proto)
-    except Exception as error:
+    except Exception as error:  # TF Serving's text, word for word
         raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"tensor parsing error: {alias}") from error
     return array
