@@ -59,11 +59,24 @@ def run_convert(args) -> int:
 
 
 def _add_export(verbs) -> None:
-    parser = verbs.add_parser("export", help="write a .keras model as a TF Serving SavedModel version")
+    parser = verbs.add_parser(
+        "export",
+        help="write a .keras model as a TF Serving SavedModel version, an ONNX or a LiteRT file",
+        description="Every format takes uint8 RGB images (N, H, W, 3) of any size and answers class_ids "
+        "(N, H, W) and probabilities (N, H, W, C); each is checked against the model before it is put in place.",
+    )
     parser.add_argument("--model", required=True, help="the trained model, a .keras file")
     parser.add_argument(
-        "--output", required=True, metavar="BASE", help="the model base path (BASE/<version>/)"
-    )
+        "--output", required=True, metavar="PATH",
+        help="saved_model: the model base path (PATH/<version>/); onnx: a .onnx file; litert: a .tflite file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", default="saved_model", choices=("saved_model", "onnx", "litert"),
+        help="saved_model (TF Serving, default), onnx (tf2onnx, opset 17; checked with onnxruntime) or litert "
+        "(TFLite built-in ops; checked with the LiteRT interpreter)",
+    )  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="onnx/litert: overwrite an existing file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
     parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
     parser.add_argument("--class-names", default=None, help="a file with one class name a line")
     parser.add_argument(
@@ -76,7 +89,7 @@ def _add_export(verbs) -> None:
         "--tolerance",
         type=float,
         default=None,
-        help="largest probability difference allowed between the reloaded SavedModel and the model "
+        help="largest probability difference allowed between the exported model and the Keras model "
         "(default: 1e-4, 5e-2 for float16/bfloat16 models)",
     )
     parser.set_defaults(run=_run_export)
@@ -84,7 +97,15 @@ def _add_export(verbs) -> None:
 
 def _run_export(args) -> int:
     from keras_fcn.export import export_saved_model
+    from keras_fcn.export_formats import export_litert, export_onnx
 
+    if args.format != "saved_model":
+        given = [flag for flag, value in (("--version", args.version), ("--max-decoded-pixels",
+                 args.max_decoded_pixels)) if value is not None]  # fmt: skip
+        if args.format == "litert" and args.class_names:
+            given.append("--class-names")
+        if given:
+            raise CommandError(f"{', '.join(given)} do not apply to --format {args.format}")
     model = _load_model(args.model)
     class_names = None
     if args.class_names:
@@ -95,10 +116,17 @@ def _run_export(args) -> int:
             raise CommandError(f"Cannot read class names {args.class_names}: {error}") from None
     limit = {} if args.max_decoded_pixels is None else {"max_decoded_pixels": args.max_decoded_pixels}
     try:
-        export_saved_model(
-            model, args.output, version=args.version, class_names=class_names, tolerance=args.tolerance, **limit
-        )
-    except (ValueError, OSError) as error:
+        if args.format == "onnx":
+            export_onnx(model, args.output, class_names=class_names, tolerance=args.tolerance, force=args.force,
+                        verbose=not args.quiet)  # fmt: skip
+        elif args.format == "litert":
+            export_litert(model, args.output, tolerance=args.tolerance, force=args.force, verbose=not args.quiet)
+        else:
+            export_saved_model(
+                model, args.output, version=args.version, class_names=class_names, tolerance=args.tolerance,
+                verbose=not args.quiet, **limit,
+            )  # fmt: skip
+    except (ValueError, OSError, ImportError) as error:
         raise CommandError(str(error)) from error
     return 0
 
