@@ -206,6 +206,7 @@ def _add_query(verbs) -> None:
     parser.add_argument("--version", type=int, default=None, help="a version (default: the latest)")
     parser.add_argument("--output", required=True, metavar="DIR", help="where the PNGs go")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
     parser.set_defaults(run=_run_query)
 
 
@@ -213,6 +214,7 @@ def _run_query(args) -> int:
     import os
 
     import grpc
+    import keras
     import numpy as np
 
     from keras_fcn.serving.client import FCNClient
@@ -223,6 +225,8 @@ def _run_query(args) -> int:
     if missing:
         raise CommandError(f"no such image file: {', '.join(missing)}")
     os.makedirs(args.output, exist_ok=True)
+    progress = keras.utils.Progbar(len(args.images), unit_name="image", verbose=int(not args.quiet))
+    report = []  # printed after the progress bar, which would break the lines up
     with FCNClient(args.address, args.model, version=args.version, timeout=args.timeout) as client:
         for path in args.images:  # one request each: images of different sizes cannot share one
             try:
@@ -238,7 +242,10 @@ def _run_query(args) -> int:
             present = ", ".join(
                 f"{c}: {n}" for c, n in zip(*np.unique(class_ids, return_counts=True), strict=True)
             )
-            print(f"{path}: {stem}_class_ids.png, {stem}_overlay.png (pixels per class id: {present})")
+            report.append(f"{path}: {stem}_class_ids.png, {stem}_overlay.png (pixels per class id: {present})")
+            progress.add(1)
+    if not args.quiet:
+        print("\n".join(report))
     return 0
 
 
@@ -389,6 +396,7 @@ def _add_evaluate(verbs) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed of synthetic data")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (the scores are still printed)")
     parser.set_defaults(run=run_evaluate)
 
 
@@ -421,7 +429,7 @@ def run_evaluate(args) -> int:
             args.data, args.split, num_classes=num_classes, seed=args.seed, **_data_options(args.data_option)
         )
         with data_errors():
-            result = evaluate(model, source, num_classes, limit=args.limit)
+            result = evaluate(model, source, num_classes, limit=args.limit, verbose=not args.quiet)
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
     print(f"{args.model} on {source.name}: {result['num_images']} images at full resolution")
@@ -446,6 +454,7 @@ def _add_predict(verbs) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--class-names", help="comma-separated class names for the legend")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or list of written files")
     parser.set_defaults(run=run_predict)
 
 
@@ -456,10 +465,10 @@ def run_predict(args) -> int:
     model = _load_model(args.model)
     names = _class_names_for(args.model, args.class_names, int(model.output_shape[-1]))
     try:
-        written = predict_files(model, args.images, args.output, names)
+        written = predict_files(model, args.images, args.output, names, verbose=not args.quiet)
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
-    for classes_png, overlay_png in written:
+    for classes_png, overlay_png in [] if args.quiet else written:
         print(f"{classes_png}  {overlay_png}")
     return 0
 
