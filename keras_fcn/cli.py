@@ -273,12 +273,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         default = argparse.SUPPRESS  # unset flags keep the config's value
         kind = str(item.type)
         value = item.default_factory() if item.default is dataclasses.MISSING else item.default
-        text = f"{comments.get(item.name, '')} (default: {value})".replace("%", "%%").strip()
+        text = f"{comments.get(item.name, '')} (default: {value}){_MORE_HELP.get(item.name, '')}"
+        text = text.replace("%", "%%").strip()
         if item.name == "data_options":
             parser.add_argument(
                 "--data-option", dest="data_options", action="append", metavar="KEY=VALUE", default=default,
                 help="extra source argument (JSON value), e.g. image_size=[96,96]; repeatable",
             )  # fmt: skip
+        elif item.name == "class_weights":
+            parser.add_argument(flag, nargs="+", type=_float_or_str, default=default, metavar="W", help=text)
         elif kind.startswith("bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif "tuple" in kind:
@@ -292,6 +295,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=float, default=default, help=text)
         else:
             parser.add_argument(flag, type=_str_or_none, default=default, help=text)
+
+
+_MORE_HELP = {
+    "backbone_weights": ". auto: with VGG16's widths (the default backbone-filters and fc-units) the ImageNet "
+    "weights, from Keras's download and cache; narrower widths have no ImageNet weights and start from random "
+    "ones. Offline, pass the .h5 file or a `keras-fcn convert` output; `none` starts from random weights",
+    "class_weights": ". median-frequency: weight_c = median(freq) / freq_c, computed from the training data",
+    "keep_checkpoints": ". `train` prints the size of one and the disk the run will use",
+}
 
 
 def _field_comments(cls) -> dict[str, str]:
@@ -317,6 +329,13 @@ def _int_or_none(text: str):
 
 def _int_or_str(text: str):
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _float_or_str(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _str_or_none(text: str):
