@@ -78,7 +78,10 @@ def _add_export(verbs) -> None:
     parser.add_argument("--force", action="store_true", help="onnx/litert: overwrite an existing file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
     parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
-    parser.add_argument("--class-names", default=None, help="a file with one class name a line")
+    parser.add_argument(
+        "--class-names", default=None,
+        help="a file with one class name a line (saved_model: assets.extra/class_names.txt; onnx: metadata)",
+    )  # fmt: skip
     parser.add_argument(
         "--max-decoded-pixels",
         type=int,
@@ -105,7 +108,7 @@ def _run_export(args) -> int:
         if args.format == "litert" and args.class_names:
             given.append("--class-names")
         if given:
-            raise CommandError(f"{', '.join(given)} do not apply to --format {args.format}")
+            raise CommandError(f"{', '.join(given)} cannot be used with --format {args.format}")
     model = _load_model(args.model)
     class_names = None
     if args.class_names:

@@ -434,11 +434,6 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     config = dataclasses.replace(config, **overrides) if config else TrainConfig(**overrides)
     strategy = make_strategy(config)  # first: MultiWorkerMirroredStrategy must precede other TF ops
     chief, worker_name = _is_chief(strategy)
-    weights_file = None
-    if config.resolved_backbone_weights() == "imagenet":
-        from keras_fcn.weights import imagenet_weights_path
-
-        weights_file = imagenet_weights_path()  # first: offline, fail before any file is written
     # Non-chief workers write their own scratch copy so that files never collide.
     output_dir = config.output_dir if chief else os.path.join(config.output_dir, "workers", worker_name)
     _prepare_output_dir(output_dir, config.overwrite)
@@ -474,6 +469,13 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         val_source = from_spec(
             config.val_data, config.val_split, num_classes=num_classes, seed=config.seed, **config.data_options
         )
+    weights_file = None
+    if config.resolved_backbone_weights() == "imagenet":
+        from keras_fcn.weights import imagenet_weights_path
+
+        # After the data checks (cheap, and a wrong path should not wait for a 528 MB download), before
+        # anything is built: offline, the run stops here with advice.
+        weights_file = imagenet_weights_path()
     steps_per_epoch = config.steps_per_epoch
     if not steps_per_epoch:
         if _length(train_source) is None:

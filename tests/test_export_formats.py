@@ -129,7 +129,7 @@ def test_cli_export_formats(tmp_path, capsys):
         atol=1e-4,
     )
     assert main([*base, "--format", "litert", "--output", str(tmp_path / "v.tflite"), "--version", "3"]) == 2
-    assert "--version do not apply to --format litert" in capsys.readouterr().err
+    assert "--version cannot be used with --format litert" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse: not a choice
         main([*base, "--format", "tflite", "--output", litert_path])
     assert exit_info.value.code == 2
