@@ -108,9 +108,14 @@ class TrainConfig:
                 setattr(self, key, tuple(value))
 
     def resolved_backbone_weights(self) -> str | None:
-        """`backbone_weights` with "auto" resolved: "imagenet" for VGG16's widths, None (random) otherwise."""
+        """`backbone_weights` with "auto" resolved: "imagenet" for VGG16's widths, None (random) otherwise.
+
+        With `init_from`, "auto" is None too: the model it names overwrites the backbone anyway.
+        """
         if self.backbone_weights != AUTO_WEIGHTS:
             return self.backbone_weights
+        if self.init_from:
+            return None
         vgg16 = self.backbone_filters in (None, VGG16_FILTERS) and self.fc_units in (None, VGG16_FC_UNITS)
         return "imagenet" if vgg16 else None
 

@@ -38,6 +38,7 @@ def test_backbone_weights_default_to_imagenet_for_vgg16_widths_only():
     assert TrainConfig(**TINY).resolved_backbone_weights() is None  # no ImageNet weights for narrow widths
     assert TrainConfig(fc_units=1024).resolved_backbone_weights() is None
     assert TrainConfig(backbone_weights=None).resolved_backbone_weights() is None
+    assert TrainConfig(init_from="fcn32s.keras").resolved_backbone_weights() is None  # copied from there instead
     assert TrainConfig(**TINY, backbone_weights="w.h5").resolved_backbone_weights() == "w.h5"
 
 
