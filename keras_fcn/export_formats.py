@@ -13,6 +13,7 @@ writes a temporary file beside the output, compares it with the Keras model on p
 it into place only when the largest probability difference is within `tolerance`.
 
 The extra packages come with `pip install "keras_fcn[onnx]"` and `pip install "keras_fcn[litert]"`.
+tf2onnx's conversion takes tens of times the weights' size in memory (see the README).
 """
 
 from __future__ import annotations
