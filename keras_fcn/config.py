@@ -93,7 +93,8 @@ class TrainConfig:
         if isinstance(self.class_weights, list | tuple) and len(self.class_weights) == 1:
             if isinstance(self.class_weights[0], str):  # `--class-weights median-frequency`
                 self.class_weights = self.class_weights[0]
-        if isinstance(self.class_weights, str) and self.class_weights not in CLASS_WEIGHTINGS:
+        bad_list = isinstance(self.class_weights, list | tuple) and any(isinstance(w, str) for w in self.class_weights)
+        if bad_list or (isinstance(self.class_weights, str) and self.class_weights not in CLASS_WEIGHTINGS):
             raise ValueError(
                 f"`class_weights` must be numbers (one per class) or one of {CLASS_WEIGHTINGS}. "
                 f"Received: class_weights={self.class_weights!r}"

@@ -163,3 +163,5 @@ def test_cli_trains_with_median_frequency_weights(imbalanced, tmp_path, capsys):
     assert TrainConfig.load(str(tmp_path / "run" / "config.json")).class_weights == "median-frequency"
     assert cli.main(["train", "--class-weights", "inverse", "--output-dir", str(tmp_path / "x")]) == 2
     assert "Received: class_weights='inverse'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="Received: class_weights="):
+        TrainConfig(class_weights=["median-frequency", 2.0])
