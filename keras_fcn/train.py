@@ -132,9 +132,9 @@ def describe_backbone(config: TrainConfig) -> str:
         if narrow
         else "VGG16"
     )
-    weights = config.resolved_backbone_weights() or "random initialisation (no ImageNet weights)"
+    weights = config.resolved_backbone_weights() or "random initialisation"
     if config.backbone_weights == "auto":
-        weights += " (auto" + (": no ImageNet weights exist for narrow widths)" if narrow else ")")
+        weights += " (auto" + (": there are no ImageNet weights for narrow widths)" if narrow else ")")
     return f"{config.variant} on {shape}, backbone weights: {weights}"
 
 
