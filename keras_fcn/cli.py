@@ -79,15 +79,29 @@ def run_convert(args) -> int:
 
 
 def _add_export(verbs) -> None:
-    parser = verbs.add_parser("export", help="write a .keras model as a TF Serving SavedModel version")
+    parser = verbs.add_parser(
+        "export",
+        help="write a .keras model as a TF Serving SavedModel version, an ONNX or a LiteRT file",
+        description="Every format takes uint8 RGB images (N, H, W, 3) of any size and answers class_ids "
+        "(N, H, W) and probabilities (N, H, W, C); each is checked against the model before it is put in place.",
+    )
     parser.add_argument("--model", required=True, help="the trained model, a .keras file")
     parser.add_argument(
-        "--output", required=True, metavar="BASE", help="the model base path (BASE/<version>/)"
-    )
+        "--output", required=True, metavar="PATH",
+        help="saved_model: the model base path (PATH/<version>/); onnx: a .onnx file; litert: a .tflite file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", default="saved_model", choices=("saved_model", "onnx", "litert"),
+        help="saved_model (TF Serving, default), onnx (tf2onnx, opset 17; checked with onnxruntime) or litert "
+        "(TFLite built-in ops; checked with the LiteRT interpreter)",
+    )  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="onnx/litert: overwrite an existing file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
     parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
     parser.add_argument(
         "--class-names", default=None,
-        help="a file with one class name a line (default: NAME.classes.txt or classes.txt beside the model)",
+        help="a file with one class name a line (default: NAME.classes.txt or classes.txt beside the model; "
+        "saved_model: assets.extra/class_names.txt; onnx: metadata)",
     )  # fmt: skip
     parser.add_argument(
         "--max-decoded-pixels",
@@ -99,7 +113,7 @@ def _add_export(verbs) -> None:
         "--tolerance",
         type=float,
         default=None,
-        help="largest probability difference allowed between the reloaded SavedModel and the model "
+        help="largest probability difference allowed between the exported model and the Keras model "
         "(default: 1e-4, 5e-2 for float16/bfloat16 models)",
     )
     parser.set_defaults(run=_run_export)
@@ -107,7 +121,15 @@ def _add_export(verbs) -> None:
 
 def _run_export(args) -> int:
     from keras_fcn.export import export_saved_model
+    from keras_fcn.export_formats import export_litert, export_onnx
 
+    if args.format != "saved_model":
+        given = [flag for flag, value in (("--version", args.version), ("--max-decoded-pixels",
+                 args.max_decoded_pixels)) if value is not None]  # fmt: skip
+        if args.format == "litert" and args.class_names:
+            given.append("--class-names")
+        if given:
+            raise CommandError(f"{', '.join(given)} cannot be used with --format {args.format}")
     model = _load_model(args.model)
     class_names = None
     if args.class_names:
@@ -120,10 +142,17 @@ def _run_export(args) -> int:
         class_names = _class_names_for(args.model, None, int(model.output_shape[-1]))
     limit = {} if args.max_decoded_pixels is None else {"max_decoded_pixels": args.max_decoded_pixels}
     try:
-        export_saved_model(
-            model, args.output, version=args.version, class_names=class_names, tolerance=args.tolerance, **limit
-        )
-    except (ValueError, OSError) as error:
+        if args.format == "onnx":
+            export_onnx(model, args.output, class_names=class_names, tolerance=args.tolerance, force=args.force,
+                        verbose=not args.quiet)  # fmt: skip
+        elif args.format == "litert":
+            export_litert(model, args.output, tolerance=args.tolerance, force=args.force, verbose=not args.quiet)
+        else:
+            export_saved_model(
+                model, args.output, version=args.version, class_names=class_names, tolerance=args.tolerance,
+                verbose=not args.quiet, **limit,
+            )  # fmt: skip
+    except (ValueError, OSError, ImportError) as error:
         raise CommandError(str(error)) from error
     return 0
 
@@ -276,6 +305,7 @@ def _add_query(verbs) -> None:
     parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (server with client_verify)")
     parser.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
     parser.add_argument("--tls-server-name", metavar="NAME", help="the name the server certificate must carry")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
     parser.set_defaults(run=_run_query)
 
 
@@ -283,6 +313,7 @@ def _run_query(args) -> int:
     import os
 
     import grpc
+    import keras
     import numpy as np
 
     from keras_fcn.serving.client import FCNClient, tls_credentials
@@ -301,6 +332,8 @@ def _run_query(args) -> int:
     elif args.tls_server_name:
         raise CommandError("--tls-server-name needs --tls or --tls-ca")
     os.makedirs(args.output, exist_ok=True)
+    progress = keras.utils.Progbar(len(args.images), unit_name="image", verbose=int(not args.quiet))
+    report = []  # printed after the progress bar, which would break the lines up
     with FCNClient(
         args.address,
         args.model,
@@ -323,7 +356,10 @@ def _run_query(args) -> int:
             present = ", ".join(
                 f"{c}: {n}" for c, n in zip(*np.unique(class_ids, return_counts=True), strict=True)
             )
-            print(f"{path}: {stem}_class_ids.png, {stem}_overlay.png (pixels per class id: {present})")
+            report.append(f"{path}: {stem}_class_ids.png, {stem}_overlay.png (pixels per class id: {present})")
+            progress.add(1)
+    if not args.quiet:
+        print("\n".join(report))
     return 0
 
 
@@ -362,12 +398,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         default = argparse.SUPPRESS  # unset flags keep the config's value
         kind = str(item.type)
         value = item.default_factory() if item.default is dataclasses.MISSING else item.default
-        text = f"{comments.get(item.name, '')} (default: {value})".replace("%", "%%").strip()
+        text = f"{comments.get(item.name, '')} (default: {value}){_MORE_HELP.get(item.name, '')}"
+        text = text.replace("%", "%%").strip()
         if item.name == "data_options":
             parser.add_argument(
                 "--data-option", dest="data_options", action="append", metavar="KEY=VALUE", default=default,
                 help="extra source argument (JSON value), e.g. image_size=[96,96]; repeatable",
             )  # fmt: skip
+        elif item.name == "class_weights":
+            parser.add_argument(flag, nargs="+", type=_float_or_str, default=default, metavar="W", help=text)
         elif kind.startswith("bool"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
         elif "tuple" in kind:
@@ -381,6 +420,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=float, default=default, help=text)
         else:
             parser.add_argument(flag, type=_str_or_none, default=default, help=text)
+
+
+_MORE_HELP = {
+    "backbone_weights": ". auto: with VGG16's widths (the default backbone-filters and fc-units) the ImageNet "
+    "weights, from Keras's download and cache; narrower widths have no ImageNet weights and start from random "
+    "ones. Offline, pass the .h5 file or a `keras-fcn convert` output; `none` starts from random weights",
+    "class_weights": ". median-frequency: weight_c = median(freq) / freq_c, computed from the training data",
+    "keep_checkpoints": ". `train` prints the size of one and the disk the run will use",
+}
 
 
 def _field_comments(cls) -> dict[str, str]:
@@ -406,6 +454,13 @@ def _int_or_none(text: str):
 
 def _int_or_str(text: str):
     return int(text) if text.lstrip("-").isdigit() else text
+
+
+def _float_or_str(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _str_or_none(text: str):
@@ -500,6 +555,7 @@ def _add_evaluate(verbs) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed of synthetic data")
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (the scores are still printed)")
     parser.set_defaults(run=run_evaluate)
 
 
@@ -532,7 +588,7 @@ def run_evaluate(args) -> int:
             args.data, args.split, num_classes=num_classes, seed=args.seed, **_data_options(args.data_option)
         )
         with data_errors():
-            result = evaluate(model, source, num_classes, limit=args.limit)
+            result = evaluate(model, source, num_classes, limit=args.limit, verbose=not args.quiet)
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
     print(f"{args.model} on {source.name}: {result['num_images']} images at full resolution")
@@ -558,6 +614,7 @@ def _add_predict(verbs) -> None:
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--class-names", help="comma-separated class names for the legend")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or list of written files")
     parser.set_defaults(run=run_predict)
 
 
@@ -568,10 +625,10 @@ def run_predict(args) -> int:
     model = _load_model(args.model)
     names = _class_names_for(args.model, args.class_names, int(model.output_shape[-1]))
     try:
-        written = predict_files(model, args.images, args.output, names)
+        written = predict_files(model, args.images, args.output, names, verbose=not args.quiet)
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
-    for classes_png, overlay_png in written:
+    for classes_png, overlay_png in [] if args.quiet else written:
         print(f"{classes_png}  {overlay_png}")
     return 0
 

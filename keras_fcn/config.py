@@ -12,10 +12,15 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 
+# VGG16's widths: the only ones ImageNet weights exist for.
+from keras_fcn.vgg16 import VGG16_FC_UNITS, VGG16_FILTERS
+
 OPTIMIZERS = ("sgd", "adam")
 LR_SCHEDULES = ("constant", "poly", "step")
 STRATEGIES = ("default", "mirrored", "multi-worker")
 WEIGHT_DECAY_MODES = ("decoupled", "caffe")
+AUTO_WEIGHTS = "auto"
+CLASS_WEIGHTINGS = ("median-frequency",)
 
 
 @dataclass
@@ -25,7 +30,8 @@ class TrainConfig:
     # --- model -------------------------------------------------------------------------------------
     variant: str = "fcn8s"  # fcn32s | fcn16s | fcn8s | fcn8s_at_once
     num_classes: int | None = None  # None: from the training data (21 for VOC/SBD)
-    backbone_weights: str | None = None  # None (random) | "imagenet" | path to a VGG16 .h5 / converted file
+    # "auto": "imagenet" with VGG16's widths; narrower widths have no ImageNet weights and start random.
+    backbone_weights: str | None = "auto"  # "auto" | "imagenet" | None (random) | a VGG16 .h5 or converted file
     backbone_filters: tuple[int, ...] | None = None  # None: VGG16's (64, 128, 256, 512, 512)
     fc_units: int | None = None  # None: VGG16's 4096
     geometry: str = "aligned"  # "aligned" | "caffe" (the reference's 100-pixel padding and crops)
@@ -44,7 +50,7 @@ class TrainConfig:
     crop_size: int | None = None  # None: whole images (batch 1, or padded to the largest in a batch)
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip: bool = True
-    class_weights: tuple[float, ...] | None = None
+    class_weights: tuple[float, ...] | str | None = None  # one loss weight per class, or "median-frequency"
     # --- optimisation ------------------------------------------------------------------------------
     optimizer: str = "sgd"  # "sgd" (momentum, as the reference) | "adam"
     learning_rate: float = 1e-4  # for the normalized loss; the reference's summed loss used 1e-10..1e-14
@@ -67,6 +73,7 @@ class TrainConfig:
     # --- output ------------------------------------------------------------------------------------
     output_dir: str = "runs/fcn"
     overwrite: bool = False  # start afresh in an output_dir holding a finished run, deleting its outputs
+    keep_checkpoints: int | None = 3  # newest epoch checkpoints kept (besides best, final, backup); None: all
     seed: int = 0
     verbose: int | str = "auto"  # Keras's progress bar
 
@@ -98,10 +105,35 @@ class TrainConfig:
             )
         if self.learning_rate <= 0:
             raise ValueError(f"`learning_rate` must be positive. Received: learning_rate={self.learning_rate}")
+        if isinstance(self.class_weights, list | tuple) and len(self.class_weights) == 1:
+            if isinstance(self.class_weights[0], str):  # `--class-weights median-frequency`
+                self.class_weights = self.class_weights[0]
+        bad_list = isinstance(self.class_weights, list | tuple) and any(isinstance(w, str) for w in self.class_weights)
+        if bad_list or (isinstance(self.class_weights, str) and self.class_weights not in CLASS_WEIGHTINGS):
+            raise ValueError(
+                f"`class_weights` must be numbers (one per class) or one of {CLASS_WEIGHTINGS}. "
+                f"Received: class_weights={self.class_weights!r}"
+            )
+        if self.keep_checkpoints is not None and int(self.keep_checkpoints) < 0:
+            raise ValueError(
+                f"`keep_checkpoints` must be 0 or more (None: all). Received: keep_checkpoints={self.keep_checkpoints}"
+            )
         for key in ("backbone_filters", "class_weights", "devices", "scale_range"):
             value = getattr(self, key)
-            if value is not None and not isinstance(value, tuple):
+            if value is not None and not isinstance(value, tuple | str):
                 setattr(self, key, tuple(value))
+
+    def resolved_backbone_weights(self) -> str | None:
+        """`backbone_weights` with "auto" resolved: "imagenet" for VGG16's widths, None (random) otherwise.
+
+        With `init_from`, "auto" is None too: the model it names overwrites the backbone anyway.
+        """
+        if self.backbone_weights != AUTO_WEIGHTS:
+            return self.backbone_weights
+        if self.init_from:
+            return None
+        vgg16 = self.backbone_filters in (None, VGG16_FILTERS) and self.fc_units in (None, VGG16_FC_UNITS)
+        return "imagenet" if vgg16 else None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

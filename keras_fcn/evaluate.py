@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -10,7 +11,9 @@ from keras_fcn.metrics import confusion_matrix, scores
 from keras_fcn.predict import predict_fn
 
 
-def evaluate(model, source: Source, num_classes: int | None = None, limit: int | None = None) -> dict:
+def evaluate(
+    model, source: Source, num_classes: int | None = None, limit: int | None = None, verbose: bool = False
+) -> dict:
     """Runs `model` on every example of `source` at full size and scores the predictions.
 
     Args:
@@ -18,6 +21,7 @@ def evaluate(model, source: Source, num_classes: int | None = None, limit: int |
         source: a `keras_fcn.data` source.
         num_classes: defaults to `source.num_classes`.
         limit: evaluate only the first `limit` examples.
+        verbose: show a progress bar with the running mean IU.
 
     Returns:
         `keras_fcn.metrics.scores` of the summed confusion matrix, plus `confusion_matrix`,
@@ -42,11 +46,26 @@ def evaluate(model, source: Source, num_classes: int | None = None, limit: int |
     dataset = source.dataset().prefetch(tf.data.AUTOTUNE)
     if limit is not None:
         dataset = dataset.take(limit)
+    total = _length(source)
+    if total is not None and limit is not None:
+        total = min(total, limit)
+    progress = keras.utils.Progbar(total, unit_name="image", stateful_metrics=["mean_iu"], verbose=int(verbose))
     count = 0
     for image, mask in dataset:
         prediction = predict(tf.cast(image, tf.float32)[None])[0].numpy()
         hist += confusion_matrix(mask.numpy(), prediction, num_classes)
         count += 1
+        if verbose:
+            progress.update(count, values=[("mean_iu", scores(hist)["mean_iu"])])
+    if verbose:
+        progress.update(count, finalize=True)
     result = scores(hist)
     result.update(confusion_matrix=hist, num_images=count, class_names=tuple(source.class_names))
     return result
+
+
+def _length(source) -> int | None:
+    try:
+        return len(source)
+    except TypeError:  # a stream of unknown size (e.g. some TFDS splits)
+        return None

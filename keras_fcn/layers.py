@@ -93,9 +93,16 @@ class PadToMultiple(keras.layers.Layer):
 
     def call(self, inputs):
         shape = tf.shape(inputs)
-        pad_h = (-shape[1]) % self.multiple
-        pad_w = (-shape[2]) % self.multiple
-        return tf.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        # (m - h % m) % m rather than (-h) % m: the same in TF, but ONNX converters turn a modulo of a
+        # negative number into a C-style remainder (negative padding), which would crop the image.
+        pad_h = (self.multiple - shape[1] % self.multiple) % self.multiple
+        pad_w = (self.multiple - shape[2] % self.multiple) % self.multiple
+        padded = tf.pad(inputs, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+        # Padding computed at run time leaves every traced dimension unknown, the channels too; the
+        # TFLite converter needs them to lower the convolutions that follow, and a reshape to a shape
+        # whose last entry is a constant tells it.
+        channels = inputs.shape[-1] if inputs.shape[-1] is not None else shape[3]
+        return tf.reshape(padded, tf.stack([shape[0], shape[1] + pad_h, shape[2] + pad_w, channels]))
 
     def compute_output_shape(self, input_shape):
         def padded(d):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -38,6 +39,7 @@ def predict_files(
     paths: Sequence[str],
     output_dir: str,
     class_names: Sequence[str] | None = None,
+    verbose: bool = False,
 ) -> list[tuple[str, str]]:
     """For each image file writes `<stem>_classes.png` (palette PNG of class ids) and `<stem>_overlay.png`.
 
@@ -46,6 +48,7 @@ def predict_files(
         paths: image files.
         output_dir: folder for the outputs (created).
         class_names: names for the overlay legends.
+        verbose: show a progress bar over the files.
 
     Returns:
         `[(classes_png, overlay_png), ...]` in the order of `paths`.
@@ -67,6 +70,7 @@ def predict_files(
     os.makedirs(output_dir, exist_ok=True)
     predict = predict_fn(model)
     written = []
+    progress = keras.utils.Progbar(len(stems), unit_name="image", verbose=int(verbose))
     for path, stem in zip(paths, stems, strict=True):
         image = read_image(path)
         mask = _class_ids(predict, image)
@@ -75,4 +79,5 @@ def predict_files(
         save_class_png(mask, classes_png)
         overlay(image, mask, class_names).save(overlay_png)
         written.append((classes_png, overlay_png))
+        progress.add(1)
     return written

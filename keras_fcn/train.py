@@ -4,7 +4,7 @@
 (saved as `config.json` beside the outputs). The output folder holds:
 
     config.json                      the full config of the run
-    checkpoints/epoch_NNN.weights.h5 weights after every epoch
+    checkpoints/epoch_NNN.weights.h5 weights after each epoch; the newest `keep_checkpoints` (3) are kept
     backup/                          `BackupAndRestore` state: a killed run restarted with the same
                                      output folder continues from its last finished epoch
                                      (removed when the run finishes)
@@ -26,11 +26,14 @@ import dataclasses
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from keras_fcn import keras_internals, metrics
@@ -107,12 +110,15 @@ def make_optimizer(config: TrainConfig, steps_per_epoch: int) -> keras.optimizer
     return optimizer
 
 
-def build_model(config: TrainConfig, num_classes: int) -> keras.Model:
-    """The FCN of `config.variant`, optionally initialised from `config.init_from` (copied by layer name)."""
+def build_model(config: TrainConfig, num_classes: int, backbone_weights: str | None = None) -> keras.Model:
+    """The FCN of `config.variant`, optionally initialised from `config.init_from` (copied by layer name).
+
+    `backbone_weights` (a file) replaces `config.resolved_backbone_weights()` when given.
+    """
     from keras_fcn.models import build_fcn
 
     kwargs = {
-        "backbone_weights": config.backbone_weights,
+        "backbone_weights": backbone_weights or config.resolved_backbone_weights(),
         "geometry": config.geometry,
         "dropout": config.dropout,
         "learn_final_upsampling": config.learn_final_upsampling,
@@ -140,26 +146,125 @@ def describe_backbone(config: TrainConfig) -> str:
         if narrow
         else "VGG16"
     )
-    weights = config.backbone_weights or "random initialisation (no ImageNet weights)"
+    resolved = config.resolved_backbone_weights()
+    weights = resolved or "random initialisation"
     if config.init_from:
-        weights = f"{config.backbone_weights or 'none'}, then every shared layer from {config.init_from}"
+        weights = f"{resolved or 'none'}, then every shared layer from {config.init_from}"
+    elif config.backbone_weights == "auto":
+        weights += " (auto" + (": there are no ImageNet weights for narrow widths)" if narrow else ")")
     return f"{config.variant} on {shape}, backbone weights: {weights}"
 
 
-def _callbacks(output_dir: str, monitor: str, resuming: bool, best_so_far: float | None) -> list:
+def _callbacks(
+    output_dir: str, monitor: str, resuming: bool, best_so_far: float | None, keep: int | None, confusion: tuple
+) -> list:
     # Order matters for a kill between two of them: a backup of epoch e implies its weights checkpoint,
     # and best.keras never holds an epoch missing from history.csv (whose best value a resumed run
     # must beat, see `_best_logged`).
+    checkpoints = []
+    if keep != 0:
+        checkpoints = [
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(output_dir, "checkpoints", "epoch_{epoch:03d}.weights.h5"), save_weights_only=True
+            ),
+            KeepLastCheckpoints(os.path.join(output_dir, "checkpoints"), keep),
+        ]
     return [
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(output_dir, "checkpoints", "epoch_{epoch:03d}.weights.h5"), save_weights_only=True
-        ),
+        *checkpoints,
         # double_checkpoint: the previous backup is kept, so a kill while writing the new one loses nothing.
         keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup"), double_checkpoint=True),
         keras.callbacks.CSVLogger(os.path.join(output_dir, "history.csv"), append=resuming),
         BestModelCheckpoint(os.path.join(output_dir, "best.keras"), monitor, initial_value_threshold=best_so_far),
         keras.callbacks.TensorBoard(os.path.join(output_dir, "logs")),
+        WarnOnSingleClass(*confusion),
     ]
+
+
+_CHECKPOINT_NAME = re.compile(r"epoch_(\d+)\.weights\.h5$")
+
+
+class KeepLastCheckpoints(keras.callbacks.Callback):
+    """Deletes all but the newest `keep` epoch checkpoints (`epoch_NNN.weights.h5`) after each epoch.
+
+    Full FCN-8s weights are ~540 MB, so keeping every epoch of a 50-epoch run would take ~27 GB.
+    Place it after the `ModelCheckpoint` that writes them.
+
+    Args:
+        directory: the checkpoint folder.
+        keep: how many of the newest to keep; None keeps all.
+    """
+
+    def __init__(self, directory: str, keep: int | None):
+        super().__init__()
+        self.directory, self.keep = directory, keep
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keep is None or not os.path.isdir(self.directory):
+            return
+        found = sorted(
+            (int(match.group(1)), name)
+            for name in os.listdir(self.directory)
+            if (match := _CHECKPOINT_NAME.match(name))
+        )
+        for _, name in found[: max(len(found) - self.keep, 0)]:
+            os.remove(os.path.join(self.directory, name))
+
+
+class SingleClassWarning(UserWarning):
+    """Issued when a model predicted one class for every labelled pixel of a whole training epoch."""
+
+
+class WarnOnSingleClass(keras.callbacks.Callback):
+    """Warns (`SingleClassWarning`) when the model predicted one class for every pixel of a training epoch.
+
+    It reads the training confusion matrix of a `keras_fcn.metrics` confusion-matrix metric at the end of
+    each training epoch (before validation resets it). A model stuck on one class is the first complaint
+    of every FCN port: a randomly initialised backbone, a learning rate too low (or too high) for the loss,
+    or masks that are all 255 (ignored) or all one class.
+
+    Args:
+        metric: a compiled `keras_fcn.metrics.ConfusionMatrixMetric` (e.g. the `MeanIU` of the run).
+        class_names: names for the message; None: class ids.
+    """
+
+    def __init__(self, metric, class_names=None):
+        super().__init__()
+        self.metric, self.class_names = metric, class_names
+        self._pending = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch, self._pending = epoch, True
+
+    def on_test_begin(self, logs=None):
+        if self._pending:  # validation within fit: the metric still holds the training epoch
+            self._check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._pending:
+            self._check()
+
+    def _check(self):
+        self._pending = False
+        predicted = keras.ops.convert_to_numpy(self.metric.hist).sum(axis=0)  # (C,) pixels per predicted class
+        classes = [int(c) for c in predicted.nonzero()[0]]
+        if len(classes) > 1:
+            return
+        epoch = self._epoch + 1
+        if not classes:
+            what = "no labelled pixel in this epoch: are all masks 255 (ignored)?"
+        else:
+            name = self.class_names[classes[0]] if self.class_names else None
+            what = f"the model predicted a single class, {classes[0]}" + (f" ({name})" if name else "") + (
+                ", for every pixel of this epoch"
+            )
+        warnings.warn(
+            f"Epoch {epoch}: {what}. Usual causes: a randomly initialised backbone (use "
+            "backbone_weights='imagenet' or a converted VGG16 file, with VGG16's widths), a learning rate too low "
+            "or too high for the loss (normalize_loss=False needs the reference's ~1e-10), or masks that are all "
+            "255 or all one class.",
+            SingleClassWarning,
+            stacklevel=2,
+        )
 
 
 class BestModelCheckpoint(keras.callbacks.Callback):
@@ -193,6 +298,41 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
+
+
+def disk_use(model: keras.Model, config: TrainConfig, output_dir: str) -> str:
+    """One line on the disk a run takes: the size of one epoch checkpoint and of all the run keeps.
+
+    The model's weights are written once to measure them; a checkpoint also holds the optimizer's slots
+    (SGD's momentum, Adam's two moments), added from the trainable weights' size when the optimizer is
+    not built yet. The total counts `keep_checkpoints` checkpoints (every epoch for None), best.keras and
+    final.keras, and the resume backup (two copies), each about one checkpoint.
+    """
+    fd, probe = tempfile.mkstemp(prefix=".size-", suffix=".weights.h5", dir=output_dir)
+    os.close(fd)
+    try:
+        model.save_weights(probe)
+        checkpoint = os.path.getsize(probe)
+    finally:
+        os.remove(probe)
+    if not model.optimizer.built:
+        trainable = sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in model.trainable_weights)
+        checkpoint += (2 if config.optimizer == "adam" else (1 if config.momentum else 0)) * trainable
+    kept = config.epochs if config.keep_checkpoints is None else min(config.keep_checkpoints, config.epochs)
+    total = (kept + 4) * checkpoint
+    free = shutil.disk_usage(output_dir).free
+    line = (
+        f"one epoch checkpoint (weights and optimizer state) is ~{_megabytes(checkpoint)}; {kept} kept, with "
+        f"best.keras, final.keras and the resume backup (two copies) the run takes up to ~{_megabytes(total)}; "
+        f"{_megabytes(free)} free on that disk"
+    )
+    if total > free:
+        line += " -- NOT ENOUGH: lower --keep-checkpoints or free some space"
+    return line
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
 def _best_logged(output_dir: str, monitor: str, before_epoch: int) -> float | None:
@@ -301,10 +441,21 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     if config.train_exclude:
         train_source = without(train_source, config.train_exclude)
     num_classes = config.num_classes or train_source.num_classes
-    if config.class_weights is not None and len(config.class_weights) != num_classes:
+    class_weights = config.class_weights
+    if class_weights == "median-frequency":
+        from keras_fcn.class_weights import median_frequency_weights
+
+        if config.verbose:
+            print(f"keras_fcn: median-frequency class weights from the masks of {train_source.name}")
+        class_weights = tuple(
+            float(w) for w in median_frequency_weights(train_source, num_classes, verbose=bool(config.verbose))
+        )
+        if config.verbose:
+            print("keras_fcn: class weights " + ", ".join(f"{w:.3g}" for w in class_weights))
+    if class_weights is not None and len(class_weights) != num_classes:
         raise ValueError(
             f"`class_weights` must have one weight per class ({num_classes}). "
-            f"Received: class_weights={config.class_weights}"
+            f"Received: class_weights={class_weights}"
         )
     with open(os.path.join(output_dir, "classes.txt"), "w", encoding="utf-8") as handle:
         handle.write("".join(f"{name}\n" for name in train_source.class_names[:num_classes]))
@@ -313,6 +464,13 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         val_source = from_spec(
             config.val_data, config.val_split, num_classes=num_classes, seed=config.seed, **config.data_options
         )
+    weights_file = None
+    if config.resolved_backbone_weights() == "imagenet":
+        from keras_fcn.weights import imagenet_weights_path
+
+        # After the data checks (cheap, and a wrong path should not wait for a 528 MB download), before
+        # anything is built: offline, the run stops here with advice.
+        weights_file = imagenet_weights_path()
     steps_per_epoch = config.steps_per_epoch
     if not steps_per_epoch:
         if _length(train_source) is None:
@@ -340,11 +498,12 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         keras.mixed_precision.set_global_policy("mixed_float16" if gpu else "mixed_bfloat16")
     try:
         with strategy.scope():
-            model = build_model(config, num_classes)
+            model = build_model(config, num_classes, backbone_weights=weights_file)
+            scores = metrics.segmentation_metrics(num_classes)
             model.compile(
                 optimizer=make_optimizer(config, steps_per_epoch),
-                loss=metrics.SegmentationLoss(config.class_weights, normalize=config.normalize_loss),
-                metrics=metrics.segmentation_metrics(num_classes),
+                loss=metrics.SegmentationLoss(class_weights, normalize=config.normalize_loss),
+                metrics=scores,
                 jit_compile=config.jit_compile,
             )
     finally:
@@ -367,6 +526,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         )
         if initial_epoch:
             print(f"keras_fcn: resuming from the backup after epoch {initial_epoch}")
+        print(f"keras_fcn: {disk_use(model, config, output_dir)}")
     # On resume the best model must beat the best epoch before the kill, not merely the first one after it.
     best_so_far = _best_logged(output_dir, monitor, initial_epoch) if initial_epoch else None
     with data_errors():
@@ -377,7 +537,10 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
             validation_data=val_ds,
             validation_steps=config.validation_steps,
             shuffle=False,  # the dataset shuffles itself
-            callbacks=_callbacks(output_dir, monitor, resuming=initial_epoch > 0, best_so_far=best_so_far),
+            callbacks=_callbacks(
+                output_dir, monitor, resuming=initial_epoch > 0, best_so_far=best_so_far, keep=config.keep_checkpoints,
+                confusion=(next(m for m in scores if isinstance(m, metrics.MeanIU)), train_source.class_names),
+            ),  # fmt: skip
             verbose=config.verbose,
         )
     model.save(os.path.join(output_dir, "final.keras"))

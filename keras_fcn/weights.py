@@ -108,8 +108,9 @@ def imagenet_weights_path(cache_dir: str | None = None) -> str:
         raise WeightFileError(
             f"Could not download the VGG16 ImageNet weights from {IMAGENET_WEIGHTS_URL} ({error}). "
             f"Without network access, copy {IMAGENET_WEIGHTS_FILE} to this machine and pass its path: "
-            "backbone_weights='/path/to/vgg16_weights_tf_dim_ordering_tf_kernels.h5'. "
-            "Received: backbone_weights='imagenet'"
+            "backbone_weights='/path/to/vgg16_weights_tf_dim_ordering_tf_kernels.h5' (--backbone-weights PATH), "
+            "or a file written by `keras-fcn convert`; backbone_weights=None (--backbone-weights none) starts "
+            "from random weights. Received: backbone_weights='imagenet'"
         ) from None
 
 
