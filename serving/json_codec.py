@@ -206,6 +206,9 @@ def _walk(value, level: int, shape: list[int], dtype: tf.DType, leaves: list) ->
         _walk(item, level + 1, shape, dtype, leaves)
 
 
+MAX_RANK = 64
+
+
 def to_array(value, dtype: tf.DType, booleans: bool = True) -> np.ndarray:
     """One JSON value (a scalar or nested lists) as a `dtype` array, checked as TF Serving does.
 
@@ -213,6 +216,8 @@ def to_array(value, dtype: tf.DType, booleans: bool = True) -> np.ndarray:
     array directly (a boolean among numbers would otherwise pass as 0 or 1).
     """
     shape = _dense_shape(value)
+    if len(shape) > MAX_RANK:  # numpy holds at most 64 dimensions (TensorFlow 254)
+        raise _bad(f"Tensors of more than {MAX_RANK} dimensions are not supported. Received: {len(shape)} dimensions")
     if dtype != tf.string and shape:
         # Fast path for large numeric bodies; anything unusual takes TF Serving's walk below.
         numeric = None
