@@ -119,6 +119,45 @@ def _arrays(values: dict, specs) -> dict:
     return {a: _to_array(a, v, specs[a].dtype) if a in specs else np.empty(0) for a, v in values.items()}
 
 
+def float32_decimals(array: np.ndarray) -> np.ndarray:
+    """float64 values whose text (Python's shortest repr) reads back as the same float32 values.
+
+    `float32(0.1).tolist()` is 0.10000000149011612: float64 text, twice as long, and a client parsing
+    it into float64 sees digits the model never computed. For each value this picks the fewest
+    significant digits (1 to 9; 9 always suffice for float32) whose nearest decimal rounds back to
+    the same float32, vectorized. Zeros, infinities and NaN pass unchanged.
+
+    Args:
+        array: float32 values.
+
+    Returns:
+        float64 values `y` with `np.float32(y) == array` (NaN where NaN), for `json.dumps`.
+    """
+    x = np.asarray(array, np.float32)
+    with np.errstate(all="ignore"):
+        exact = x.astype(np.float64)
+        out = exact.copy()
+        todo = np.isfinite(exact) & (exact != 0)
+        magnitude = np.floor(np.log10(np.abs(np.where(todo, exact, 1.0))))
+        for digits in range(1, 10):
+            shift = digits - 1 - magnitude  # the decimal is m * 10**-shift, m an integer of `digits` digits
+            scale = 10.0 ** np.abs(shift)
+            m = np.where(shift >= 0, np.round(exact * scale), np.round(exact / scale))
+            # m and powers of ten up to 1e22 are exact float64s, so one division or product rounds the
+            # decimal correctly; beyond (|x| < 1e-13 or > 1e22) numpy parses "<m>e<-shift>" instead.
+            rounded = np.where(shift >= 0, m / scale, m * scale)
+            far = todo & (np.abs(shift) > 22)
+            if far.any():
+                text = np.char.add(np.char.add(m[far].astype(np.int64).astype(str), "e"), (-shift[far]).astype(np.int64).astype(str))
+                rounded[far] = text.astype(np.float64)
+            ok = todo & (rounded.astype(np.float32) == x)
+            out[ok] = rounded[ok]
+            todo &= ~ok
+            if not todo.any():
+                break
+    return out
+
+
 def _json_value(alias: str, array: np.ndarray):
     if array.dtype == object or array.dtype.kind == "S":
         if alias.endswith("_bytes"):
@@ -126,6 +165,8 @@ def _json_value(alias: str, array: np.ndarray):
         else:
             encode = lambda v: v.decode("utf-8", "replace")
         return np.vectorize(encode, otypes=[object])(array).tolist() if array.size else array.tolist()
+    if array.dtype == np.float32:  # float32 text, not float64's
+        return float32_decimals(array).tolist()
     return array.tolist()
 
 
