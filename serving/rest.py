@@ -148,8 +148,9 @@ def float32_decimals(array: np.ndarray) -> np.ndarray:
             rounded = np.where(shift >= 0, m / scale, m * scale)
             far = todo & (np.abs(shift) > 22)
             if far.any():
-                text = np.char.add(np.char.add(m[far].astype(np.int64).astype(str), "e"), (-shift[far]).astype(np.int64).astype(str))
-                rounded[far] = text.astype(np.float64)
+                mantissas = m[far].astype(np.int64).astype(str)
+                exponents = (-shift[far]).astype(np.int64).astype(str)
+                rounded[far] = np.char.add(np.char.add(mantissas, "e"), exponents).astype(np.float64)
             ok = todo & (rounded.astype(np.float32) == x)
             out[ok] = rounded[ok]
             todo &= ~ok
