@@ -30,6 +30,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 
 PATHS = ("keras", "saved_model", "grpc")
+FULL_RUN = {"variants": ["fcn8s", "fcn32s"], "geometries": ["aligned", "caffe"], "sizes": [(512, 512), (375, 500)],
+            "batches": [1, 8], "repeats": 4, "gemm_size": 4096}  # fmt: skip
 NARROW = {"backbone_filters": (8, 16, 32, 64, 64), "fc_units": 128}
 
 
@@ -117,28 +119,31 @@ def parse_size(text: str) -> tuple[int, int]:
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["fcn8s", "fcn32s"])
-    parser.add_argument("--geometries", nargs="+", default=["aligned", "caffe"], choices=["aligned", "caffe"])
-    parser.add_argument("--sizes", nargs="+", type=parse_size, default=[(512, 512), (375, 500)],
-                        metavar="WxH", help="image sizes, WIDTHxHEIGHT (default: 512x512 500x375)")
-    parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--variants", nargs="+", help="default: fcn8s fcn32s")
+    parser.add_argument("--geometries", nargs="+", choices=["aligned", "caffe"], help="default: both")
+    parser.add_argument("--sizes", nargs="+", type=parse_size, metavar="WxH",
+                        help="image sizes, WIDTHxHEIGHT (default: 512x512 500x375)")
+    parser.add_argument("--batches", nargs="+", type=int, help="default: 1 8")
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"],
                         choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS,
                         help="keras: the model in a tf.function; saved_model: the exported serving_default; "
                         "grpc: that signature over gRPC to the local server")
     parser.add_argument("--no-stages", dest="stages", action="store_false", help="skip the per-stage times")
-    parser.add_argument("--repeats", type=int, default=4, help="timed calls per figure; the best is kept")
-    parser.add_argument("--gemm-size", type=int, default=4096)
+    parser.add_argument("--repeats", type=int, help="timed calls per figure; the best is kept (default: 4)")
+    parser.add_argument("--gemm-size", type=int, help="n of the n x n GEMM (default: 4096)")
     parser.add_argument("--classes", type=int, default=21)
     parser.add_argument("--narrow", action="store_true", help=f"a narrow VGG16-topology backbone {NARROW}")
     parser.add_argument("--quick", action="store_true",
-                        help="smoke run: fcn8s, aligned, 64x64, batch 1, 1 repeat, 256x256 GEMM")
+                        help="smoke run: fcn8s, aligned, 64x64, batch 1, 1 repeat, 256x256 GEMM (unless given)")
     parser.add_argument("--json", help="write every figure to this JSON file")
     args = parser.parse_args(argv)  # fmt: skip
-    if args.quick:
-        args.variants, args.geometries, args.sizes, args.batches = ["fcn8s"], ["aligned"], [(64, 64)], [1]
-        args.repeats, args.gemm_size = 1, 256
+    # Flags left out take the full run's defaults, or with --quick the smoke run's.
+    quick = {"variants": ["fcn8s"], "geometries": ["aligned"], "sizes": [(64, 64)], "batches": [1],
+             "repeats": 1, "gemm_size": 256}  # fmt: skip
+    for name, value in (quick if args.quick else FULL_RUN).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     if args.repeats < 1 or args.gemm_size < 1 or min(args.batches) < 1:
         parser.error("--repeats, --gemm-size and --batches must be positive")
     return args
