@@ -27,5 +27,6 @@ def test_quick_run_writes_every_field(tmp_path, capsys):
         assert row["ms_per_image"] > 0 and row["gflops"] > 0 and row["ratio_to_gemm"] > 0 and row["gflop"] > 0
         if row["path"] == "keras":
             assert set(row["stage_ms"]) == set(row["stage_gflops"]) == {"vgg", "fc6", "fc7", "head"}
+            assert row["fc6_as_conv2d_ms"] > 0
     assert len(report["grpc_vs_in_process"]) == 4
     assert "gRPC round trip / in-process signature call" in capsys.readouterr().out

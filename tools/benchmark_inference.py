@@ -8,11 +8,11 @@ In one process: the FLOP/s of an n x n matmul in float32 and bfloat16 (the GEMM)
 variant, geometry, image size (WIDTHxHEIGHT), batch size and precision: milliseconds per image,
 GFLOP/s counted from the layers' shapes (`keras_fcn.flops`), the ratio to a GEMM in the same precision
 measured just before (the load of a shared machine drifts during a run), and the time of each stage
-(VGG blocks, fc6, fc7, the rest: the head), for the Keras model (a traced `tf.function`), the exported
-`serving_default` signature (uint8 in) and the same signature over gRPC to the local server
-(`keras_fcn.serving`, in this process, replies filtered to `class_ids`). Times are the best of
-`--repeats` calls after one warm-up call. Weights are random: speed does not depend on them. Prints a
-table; `--json PATH` writes every figure.
+(VGG blocks, fc6, fc7, the rest: the head; and fc6 through Conv2D's direct convolution, to compare),
+for the Keras model (a traced `tf.function`), the exported `serving_default` signature (uint8 in) and
+the same signature over gRPC to the local server (`keras_fcn.serving`, in this process, replies
+filtered to `class_ids`). Times are the best of `--repeats` calls after one warm-up call. Weights are
+random: speed does not depend on them. Prints a table; `--json PATH` writes every figure.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def machine() -> dict:
 
 
 def stage_seconds(model, images, repeats: int) -> dict:
-    """Seconds of the VGG blocks (preprocessing included), fc6, fc7, and the rest (head = total - those)."""
+    """Seconds of the VGG blocks (preprocessing included), fc6, fc7, and fc6 computed by Conv2D's call."""
     import keras
     import tensorflow as tf
 
@@ -90,6 +90,9 @@ def stage_seconds(model, images, repeats: int) -> dict:
     features = run_backbone(images)
     run_fc6 = tf.function(lambda x: fc6(x))
     times["fc6"] = best_seconds(lambda: run_fc6(features).numpy(), repeats)
+    # The same layer and weights through Conv2D's own call (the direct convolution), for comparison.
+    run_conv = tf.function(lambda x: fc6(x) if type(fc6) is keras.layers.Conv2D else keras.layers.Conv2D.call(fc6, x))
+    times["fc6_as_conv2d"] = best_seconds(lambda: run_conv(features).numpy(), repeats)
     features = run_fc6(features)
     run_fc7 = tf.function(lambda x: fc7(x))
     times["fc7"] = best_seconds(lambda: run_fc7(features).numpy(), repeats)
@@ -205,7 +208,9 @@ def run(args) -> dict:
                                 }  # fmt: skip
                                 if path == "keras" and args.stages:
                                     stages = stage_seconds(model, floats, args.repeats)
+                                    conv = stages.pop("fc6_as_conv2d")
                                     stages["head"] = max(seconds[path] - sum(stages.values()), 0.0)
+                                    row["fc6_as_conv2d_ms"] = 1000 * conv
                                     row["stage_ms"] = {k: 1000 * v for k, v in stages.items()}
                                     row["stage_gflops"] = {
                                         k: v / stages[k] / 1e9 if stages[k] else None
@@ -271,6 +276,7 @@ def _print_row(row: dict) -> None:
     )
     if "stage_ms" in row:
         head += "  stages ms: " + " ".join(f"{k} {v:.0f}" for k, v in row["stage_ms"].items())
+        head += f" (fc6 as Conv2D: {row['fc6_as_conv2d_ms']:.0f})"
     print(head, flush=True)
 
 
