@@ -3,7 +3,7 @@
 fc6 is a 7x7x512 -> 4096 convolution over a map 32 times smaller than the image (16x16 for 512x512).
 TensorFlow's direct convolution runs it at a fraction of the machine's matrix-multiply speed; the same
 sum written as `extract_patches` (N*H'*W' rows of 7*7*512 values) times the kernel reshaped to
-(7*7*512, 4096) is one large matrix multiply, 2-4x faster on CPUs (see README, Performance).
+(7*7*512, 4096) is one large matrix multiply, 1.3-3x faster on a CPU (see README, Performance).
 
 `GEMMConv2D` is a `keras.layers.Conv2D` with the same constructor, weights (`kernel` (kh, kw, C, F),
 `bias` (F,)) and config; only `call` differs. Weight files and `.keras` files of models with a plain
