@@ -116,6 +116,7 @@ def _add_export(verbs) -> None:
         help="largest probability difference allowed between the exported model and the Keras model "
         "(default: 1e-4, 5e-2 for float16/bfloat16 models)",
     )
+    _add_precision_flag(parser)
     parser.set_defaults(run=_run_export)
 
 
@@ -130,7 +131,10 @@ def _run_export(args) -> int:
             given.append("--class-names")
         if given:
             raise CommandError(f"{', '.join(given)} cannot be used with --format {args.format}")
-    model = _load_model(args.model)
+    reference = _load_model(args.model)
+    model = _with_precision(reference, args.precision)
+    # The check measures a low-precision export against the float32 model it came from.
+    compare = {"reference": reference} if _low_precision(model) else {}
     class_names = None
     if args.class_names:
         try:
@@ -150,7 +154,7 @@ def _run_export(args) -> int:
         else:
             export_saved_model(
                 model, args.output, version=args.version, class_names=class_names, tolerance=args.tolerance,
-                verbose=not args.quiet, **limit,
+                verbose=not args.quiet, **limit, **compare,
             )  # fmt: skip
     except (ValueError, OSError, ImportError) as error:
         raise CommandError(str(error)) from error
@@ -524,6 +528,31 @@ def _load_model(path: str):
         raise CommandError(f"Cannot load model {path}: {error}") from None
 
 
+def _add_precision_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--precision",
+        choices=("float32", "bfloat16", "float16", "auto"),
+        default="float32",
+        help="compute precision (auto: bfloat16 on CPUs with AVX512_BF16 or AMX, float16 on GPUs, "
+        "otherwise float32); inputs and outputs keep their dtypes (default: float32)",
+    )
+
+
+def _with_precision(model, precision: str):
+    from keras_fcn.precision import resolve_precision, with_precision
+
+    resolved = resolve_precision(precision)
+    if precision == "auto":
+        print(f"keras-fcn: --precision auto: computing in {resolved}", file=sys.stderr)
+    return with_precision(model, resolved)
+
+
+def _low_precision(model) -> bool:
+    from keras_fcn.precision import model_precision
+
+    return model_precision(model) != "float32"
+
+
 def _class_names_for(model_path: str, given: str | None, num_classes: int):
     if given:
         names = [name.strip() for name in given.split(",")]
@@ -556,6 +585,7 @@ def _add_evaluate(verbs) -> None:
     parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE")
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (the scores are still printed)")
+    _add_precision_flag(parser)
     parser.set_defaults(run=run_evaluate)
 
 
@@ -581,7 +611,7 @@ def run_evaluate(args) -> int:
     from keras_fcn.evaluate import evaluate
     from keras_fcn.metrics import format_scores
 
-    model = _load_model(args.model)
+    model = _with_precision(_load_model(args.model), args.precision)
     num_classes = int(model.output_shape[-1])
     try:
         source = from_spec(
@@ -615,6 +645,7 @@ def _add_predict(verbs) -> None:
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--class-names", help="comma-separated class names for the legend")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or list of written files")
+    _add_precision_flag(parser)
     parser.set_defaults(run=run_predict)
 
 
@@ -622,7 +653,7 @@ def run_predict(args) -> int:
     from keras_fcn.data import DataError
     from keras_fcn.predict import predict_files
 
-    model = _load_model(args.model)
+    model = _with_precision(_load_model(args.model), args.precision)
     names = _class_names_for(args.model, args.class_names, int(model.output_shape[-1]))
     try:
         written = predict_files(model, args.images, args.output, names, verbose=not args.quiet)

@@ -52,14 +52,17 @@ class ExportResult:
         path: the version folder, `base_path/<version>`.
         version: the version number.
         max_abs_difference: largest |probability difference| between the reloaded SavedModel
-            (`serving_default`, `serve_encoded`) and the Keras model on the probe image.
+            (`serving_default`, `serve_encoded`, `serve_png`) and the Keras model on the probe image.
         class_agreement: fraction of probe pixels whose class id agrees (worst of the three signatures).
+        reference_report: with a `reference` model, how the exported model's class ids compare with
+            it on the probe (`keras_fcn.precision.agreement_report`); None otherwise.
     """
 
     path: str
     version: int
     max_abs_difference: float
     class_agreement: float
+    reference_report: dict | None = None
 
 
 def version_folders(base_path: str) -> dict[int, str]:
@@ -212,6 +215,8 @@ def export_saved_model(
     max_decoded_pixels: int = DEFAULT_MAX_DECODED_PIXELS,
     probe_size: tuple[int, int] = (64, 64),
     tolerance: float | None = None,
+    reference=None,
+    probe_data: tuple | None = None,
     verbose: bool = True,
 ) -> ExportResult:
     """Writes `model` as SavedModel version `base_path/<version>` with TF Serving signatures.
@@ -228,6 +233,11 @@ def export_saved_model(
         tolerance: the largest |probability difference| between the reloaded SavedModel and the
             model that the check accepts; above it nothing is exported. None: 1e-4, or 5e-2 for a
             model computing in float16/bfloat16 (graph and eager round 8-bit mantissas differently).
+        reference: the float32 model a low-precision `model` was made from (`keras_fcn.precision`);
+            the check then also measures the exported model's class-id agreement with it.
+        probe_data: `(images, masks)` for that measure (uint8 `(N, H, W, 3)`, class ids `(N, H, W)`,
+            or lists of such arrays of varying sizes); with masks, the mean IU of both is compared.
+            Default: the random probe image, scored against the reference's class ids.
         verbose: print the path and the largest difference found by the check.
 
     Returns:
@@ -293,6 +303,9 @@ def export_saved_model(
             f.write("".join(name + "\n" for name in class_names))
         write_warmup_requests(os.path.join(extra, WARMUP_FILE), probe, probe_png)
         difference, agreement = _compare_with_model(tmp_path, model, probe, probe_png)
+        report = None
+        if reference is not None:
+            report = _compare_with_reference(tmp_path, reference, probe_data or (probe, None))
         if not difference <= tolerance:  # NaN fails too
             raise ValueError(
                 f"the reloaded SavedModel differs from the model by {difference:.3g} in probability "
@@ -311,13 +324,24 @@ def export_saved_model(
         shutil.rmtree(tmp_path, ignore_errors=True)
         _remove_if_empty(base_path, made_base_path)
         raise
-    result = ExportResult(final_path, version, difference, agreement)
+    result = ExportResult(final_path, version, difference, agreement, report)
     if verbose:
         print(
             f"Exported version {version} to {final_path}: reloaded SavedModel vs Keras model on a "
             f"{probe.shape[1]}x{probe.shape[2]} probe: max |probability difference| {difference:.3g}, "
             f"class ids agree on {100 * agreement:.2f}% of pixels"
         )
+        if report is not None:
+            line = (
+                f"Against the float32 model: class ids agree on {100 * report['class_agreement']:.2f}% of "
+                f"{report['pixels']} probe pixels; mean IU against its class ids {report['mean_iu_vs_reference']:.4f}"
+            )
+            if "mean_iu_difference" in report:
+                line += (
+                    f"; mean IU {report['mean_iu']:.4f} vs float32 {report['mean_iu_reference']:.4f} "
+                    f"(difference {report['mean_iu_difference']:+.4f})"
+                )
+            print(line)
     return result
 
 
@@ -406,3 +430,26 @@ def _compare_with_model(path: str, model, probe: np.ndarray, probe_png: bytes) -
     class_maps.append(tf.io.decode_png(png[0], dtype=depth)[None, ..., 0].numpy())
     agreement = min(float(np.mean(ids == expected.argmax(-1))) for ids in class_maps)
     return difference, agreement
+
+
+def _compare_with_reference(path: str, reference, probe_data) -> dict:
+    """The exported `serving_default`'s class ids against the float32 `reference` model's, per image."""
+    import tensorflow as tf
+
+    from keras_fcn.precision import agreement_report
+
+    images, masks = probe_data
+    masks = [None] * len(images) if masks is None else list(masks)
+    if len(masks) != len(images):
+        raise ValueError(f"probe_data needs one mask per image. Received: {len(images)} images, {len(masks)} masks")
+    serving_default = tf.saved_model.load(path).signatures[SERVING_DEFAULT]
+    got, expected = [], []
+    for image in images:
+        image = np.asarray(image, np.uint8)[None]
+        got.append(serving_default(images=tf.constant(image))["class_ids"].numpy().ravel())
+        expected.append(np.asarray(reference(image.astype(np.float32), training=False)).argmax(-1).ravel())
+    labels = None if masks[0] is None else np.concatenate([np.asarray(m).ravel() for m in masks])
+    num_classes = int(reference.outputs[0].shape[-1])
+    report = agreement_report(np.concatenate(expected), np.concatenate(got), num_classes, labels)
+    report["pixels"] = int(sum(ids.size for ids in got))
+    return report

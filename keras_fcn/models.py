@@ -24,6 +24,7 @@ import keras
 
 from keras_fcn import surgery
 from keras_fcn.backbone import GEOMETRIES, VGG16_FC_UNITS, VGG16_FILTERS, check_filters, vgg16_features
+from keras_fcn.gemm_conv import GEMMConv2D
 from keras_fcn.layers import BilinearUpsampling, CaffePreprocessing, CropToReference, PadToMultiple
 from keras_fcn.vgg16 import CAFFE_BGR_MEAN
 from keras_fcn.weights import load_backbone_weights, transfer_weights
@@ -159,7 +160,9 @@ def build_fcn(
     if geometry == "aligned":
         x = PadToMultiple(STRIDE, name="pad_to_stride")(x)  # (N, 32*ceil(H/32), 32*ceil(W/32), 3)
     pools = vgg16_features(x, backbone_filters, geometry)
-    x = keras.layers.Conv2D(
+    # A 7x7 convolution over a small map: patches x kernel matrix (one GEMM) is several times faster
+    # than the direct convolution; same weights and config as a Conv2D.
+    x = GEMMConv2D(
         fc_units, 7, padding="same" if geometry == "aligned" else "valid", activation="relu", name="fc6"
     )(pools["pool5"])  # (N, H/32, W/32, 4096)
     x = keras.layers.Dropout(dropout, name="drop6")(x)

@@ -1,0 +1,32 @@
+"""tools/benchmark_inference.py --quick on a narrow net: it completes and its JSON holds every field."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+
+TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark_inference.py")
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_field(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("benchmark_inference", TOOL)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    path = tmp_path / "bench.json"
+    tool.main(["--quick", "--narrow", "--geometries", "aligned", "caffe", "--json", str(path)])
+    report = json.loads(path.read_text())
+    assert set(report["gemm_flops"]) == {"float32", "bfloat16"} and min(report["gemm_flops"].values()) > 0
+    assert {"cpu", "cpu_count", "tensorflow", "date"} <= set(report["machine"])
+    rows = report["rows"]
+    combos = {(r["geometry"], r["precision"], r["path"]) for r in rows}
+    assert combos == {(g, p, k) for g in ("aligned", "caffe") for p in ("float32", "bfloat16")
+                      for k in ("keras", "saved_model", "grpc")}  # fmt: skip
+    for row in rows:
+        assert row["ms_per_image"] > 0 and row["gflops"] > 0 and row["ratio_to_gemm"] > 0 and row["gflop"] > 0
+        if row["path"] == "keras":
+            assert set(row["stage_ms"]) == set(row["stage_gflops"]) == {"vgg", "fc6", "fc7", "head"}
+            assert row["fc6_as_conv2d_ms"] > 0
+    assert len(report["grpc_vs_in_process"]) == 4
+    assert "gRPC round trip / in-process signature call" in capsys.readouterr().out
