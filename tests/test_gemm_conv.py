@@ -138,3 +138,28 @@ def test_wants_gemm_picks_large_plain_kernels_only():
     assert not wants_gemm(GEMMConv2D(4, 7))
     swapped = as_gemm_conv(keras.layers.Conv2D(4, 7, padding="same", name="fc6"))
     assert type(swapped) is GEMMConv2D and swapped.name == "fc6" and swapped.padding == "same"
+
+
+@pytest.mark.parametrize("padding, stride", [("valid", 1), ("same", 1), ("same", 2)])
+def test_gradients_are_the_convolutions(padding, stride):
+    rng = np.random.default_rng(7)
+    x = tf.constant(rng.standard_normal((2, 11, 9, 5)).astype("float32"))
+    kernel = rng.standard_normal((4, 3, 5, 6)).astype("float32")
+    layer = GEMMConv2D(6, (4, 3), strides=stride, padding=padding, use_bias=False)
+    layer.build(x.shape)
+    layer.kernel.assign(kernel)
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        got = layer(x)
+        want = tf.nn.conv2d(x, kernel, stride, padding.upper())
+        upstream = tf.constant(rng.standard_normal(want.shape).astype("float32"))
+        got_loss, want_loss = tf.reduce_sum(got * upstream), tf.reduce_sum(want * upstream)
+    np.testing.assert_allclose(to_numpy(got), to_numpy(want), atol=1e-4)
+    np.testing.assert_allclose(tape.gradient(got_loss, x), tape.gradient(want_loss, x), atol=1e-4)
+    kernel_grad = tape.gradient(got_loss, layer.kernel)
+    # the kernel's gradient from the definition: sum over outputs of upstream * input window
+    want_kernel = tf.raw_ops.Conv2DBackpropFilter(
+        input=x, filter_sizes=kernel.shape, out_backprop=upstream, strides=[1, stride, stride, 1],
+        padding=padding.upper(),
+    )  # fmt: skip
+    np.testing.assert_allclose(to_numpy(kernel_grad), to_numpy(want_kernel), atol=1e-3)
