@@ -1,69 +1,114 @@
 """keras_fcn: Fully Convolutional Networks for semantic segmentation (Long, Shelhamer & Darrell).
 
-Importing the package registers its Keras layers, so `keras.saving.load_model("model.keras")` works.
+`import keras_fcn` is light: it loads no TensorFlow, and each public name below is imported on first use
+(`keras_fcn.fcn8s`, `from keras_fcn import train`). The package's Keras objects (layers, metrics, loss,
+optimizer) are registered as soon as Keras itself is imported, before or after this package, so that
+`keras.saving.load_model("model.keras")` finds them after `import keras_fcn`.
 """
+
+from __future__ import annotations
+
+import importlib
+import importlib.abc
+import importlib.util
+import sys
 
 __version__ = "0.1.0"
 
-from keras_fcn.caffe import CaffeModelError, load_caffemodel
-from keras_fcn.convolutionalize import convolutionalize
-from keras_fcn.export import export_saved_model
-from keras_fcn.layers import BilinearUpsampling, CaffePreprocessing, CropToReference, PadToMultiple
-from keras_fcn.models import VARIANTS, build_fcn, fcn8s, fcn8s_at_once, fcn16s, fcn32s
-from keras_fcn.weights import load_backbone_weights, transfer_weights
+# Public name -> the module that defines it.
+_EXPORTS = {
+    "VARIANTS": "keras_fcn.variants",
+    "BilinearUpsampling": "keras_fcn.layers",
+    "CaffePreprocessing": "keras_fcn.layers",
+    "CropToReference": "keras_fcn.layers",
+    "PadToMultiple": "keras_fcn.layers",
+    "GEMMConv2D": "keras_fcn.gemm_conv",
+    "build_fcn": "keras_fcn.models",
+    "fcn8s": "keras_fcn.models",
+    "fcn8s_at_once": "keras_fcn.models",
+    "fcn16s": "keras_fcn.models",
+    "fcn32s": "keras_fcn.models",
+    "convolutionalize": "keras_fcn.convolutionalize",
+    "load_backbone_weights": "keras_fcn.weights",
+    "transfer_weights": "keras_fcn.weights",
+    "CaffeModelError": "keras_fcn.caffe",
+    "load_caffemodel": "keras_fcn.caffe",
+    "FrequencyWeightedIU": "keras_fcn.metrics",
+    "MeanAccuracy": "keras_fcn.metrics",
+    "MeanIU": "keras_fcn.metrics",
+    "PixelAccuracy": "keras_fcn.metrics",
+    "SegmentationLoss": "keras_fcn.metrics",
+    "SegmentationScores": "keras_fcn.metrics",
+    "segmentation_metrics": "keras_fcn.metrics",
+    "CaffeSGD": "keras_fcn.optimizers",
+    "TrainConfig": "keras_fcn.config",
+    "TrainResult": "keras_fcn.training",
+    "train": "keras_fcn.training",
+    "evaluate": "keras_fcn.evaluation",
+    "predict_files": "keras_fcn.predict",
+    "predict_masks": "keras_fcn.predict",
+    "with_precision": "keras_fcn.precision",
+    "export_saved_model": "keras_fcn.export",
+}
+# Subpackages reachable as attributes (`keras_fcn.data.voc(...)`).
+_SUBMODULES = ("data", "metrics", "serving")
+# Modules whose import registers Keras objects (`keras.saving.register_keras_serializable`).
+_REGISTERING = ("keras_fcn.layers", "keras_fcn.gemm_conv", "keras_fcn.metrics", "keras_fcn.optimizers")
 
-__all__ = [
-    "VARIANTS",
-    "BilinearUpsampling",
-    "CaffeModelError",
-    "CaffePreprocessing",
-    "CropToReference",
-    "PadToMultiple",
-    "build_fcn",
-    "convolutionalize",
-    "export_saved_model",
-    "fcn8s",
-    "fcn8s_at_once",
-    "fcn16s",
-    "fcn32s",
-    "load_backbone_weights",
-    "load_caffemodel",
-    "transfer_weights",
-]
+__all__ = sorted([*_EXPORTS, *_SUBMODULES])
 
-# Training, evaluation and prediction: keras_fcn.data (sources, tf.data pipeline) → keras_fcn.metrics →
-# keras_fcn.train(...) → keras_fcn.evaluate(...) / predict.
-from keras_fcn import data, metrics  # noqa: E402
-from keras_fcn.config import TrainConfig  # noqa: E402
-from keras_fcn.evaluate import evaluate  # noqa: E402
-from keras_fcn.metrics import (  # noqa: E402
-    FrequencyWeightedIU,
-    MeanAccuracy,
-    MeanIU,
-    PixelAccuracy,
-    SegmentationLoss,
-    SegmentationScores,
-    segmentation_metrics,
-)
-from keras_fcn.optimizers import CaffeSGD  # noqa: E402
-from keras_fcn.predict import predict_files, predict_masks  # noqa: E402
-from keras_fcn.train import TrainResult, train  # noqa: E402
 
-__all__ += [
-    "CaffeSGD",
-    "FrequencyWeightedIU",
-    "MeanAccuracy",
-    "MeanIU",
-    "PixelAccuracy",
-    "SegmentationLoss",
-    "SegmentationScores",
-    "TrainConfig",
-    "TrainResult",
-    "data",
-    "evaluate",
-    "metrics",
-    "predict_files",
-    "predict_masks",
-    "segmentation_metrics",
-    "train",
-]
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+def _register_keras_objects() -> None:
+    for module in _REGISTERING:
+        importlib.import_module(module)
+
+
+class _RegisterAfterKeras(importlib.abc.Loader):
+    """Runs Keras's own loader, then registers this package's Keras objects."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        self._loader.exec_module(module)
+        _register_keras_objects()
+
+    def __getattr__(self, name):  # resource readers and the like: Keras's loader's own
+        return getattr(self._loader, name)
+
+
+class _KerasImportHook(importlib.abc.MetaPathFinder):
+    """Waits for the first `import keras` (which loads TensorFlow) to register the package's objects."""
+
+    def find_spec(self, fullname, path, target=None):
+        if fullname != "keras":
+            return None
+        sys.meta_path.remove(self)  # one time only; find the real spec without this hook
+        spec = importlib.util.find_spec("keras")
+        if spec is not None and spec.loader is not None:
+            spec.loader = _RegisterAfterKeras(spec.loader)
+        return spec
+
+
+if "keras" in sys.modules:
+    _register_keras_objects()
+elif not any(isinstance(finder, _KerasImportHook) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _KerasImportHook())

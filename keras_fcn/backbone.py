@@ -10,11 +10,11 @@ from collections.abc import Sequence
 
 import keras
 
+from keras_fcn.variants import GEOMETRIES
 from keras_fcn.vgg16 import VGG16_BLOCK_DEPTHS, VGG16_FC_UNITS, VGG16_FILTERS
 
 __all__ = ["GEOMETRIES", "VGG16_BLOCK_DEPTHS", "VGG16_FC_UNITS", "VGG16_FILTERS", "vgg16_classifier", "vgg16_features"]
 
-GEOMETRIES = ("aligned", "caffe")
 # The reference pads conv1_1 by 100 so that fc6's 7x7 'valid' window fits any input and every output
 # pixel has a score after cropping.
 CAFFE_CONV1_PAD = 100

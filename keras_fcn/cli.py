@@ -393,82 +393,62 @@ def _recipe_names() -> list[str]:
 
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     import dataclasses
+    import typing
 
     from keras_fcn.config import TrainConfig
 
-    comments = _field_comments(TrainConfig)
+    kinds = typing.get_type_hints(TrainConfig)  # the fields' real types (the module postpones annotations)
     for item in dataclasses.fields(TrainConfig):
-        flag = "--" + item.name.replace("_", "-")
-        default = argparse.SUPPRESS  # unset flags keep the config's value
-        kind = str(item.type)
         value = item.default_factory() if item.default is dataclasses.MISSING else item.default
-        text = f"{comments.get(item.name, '')} (default: {value}){_MORE_HELP.get(item.name, '')}"
-        text = text.replace("%", "%%").strip()
+        text = f"{item.metadata.get('help', '')} (default: {value})".replace("%", "%%")
         if item.name == "data_options":
             parser.add_argument(
-                "--data-option", dest="data_options", action="append", metavar="KEY=VALUE", default=default,
+                "--data-option", dest="data_options", action="append", metavar="KEY=VALUE", default=argparse.SUPPRESS,
                 help="extra source argument (JSON value), e.g. image_size=[96,96]; repeatable",
             )  # fmt: skip
-        elif item.name == "class_weights":
-            parser.add_argument(flag, nargs="+", type=_float_or_str, default=default, metavar="W", help=text)
-        elif kind.startswith("bool"):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
-        elif "tuple" in kind:
-            element = float if "float" in kind else (int if "int" in kind else str)
-            parser.add_argument(flag, nargs="+", type=element, default=default, metavar="V", help=text)
-        elif kind.startswith("int | str"):
-            parser.add_argument(flag, type=_int_or_str, default=default, help=text)
-        elif kind.startswith("int"):
-            parser.add_argument(flag, type=_int_or_none, default=default, help=text)
-        elif kind.startswith("float"):
-            parser.add_argument(flag, type=float, default=default, help=text)
-        else:
-            parser.add_argument(flag, type=_str_or_none, default=default, help=text)
+            continue
+        # Unset flags keep the config's value (a --config file's, or the field's default).
+        parser.add_argument(
+            "--" + item.name.replace("_", "-"), default=argparse.SUPPRESS, help=text, **_flag_kind(kinds[item.name])
+        )
 
 
-_MORE_HELP = {
-    "backbone_weights": ". auto: with VGG16's widths (the default backbone-filters and fc-units) the ImageNet "
-    "weights, from Keras's download and cache; narrower widths have no ImageNet weights and start from random "
-    "ones. Offline, pass the .h5 file or a `keras-fcn convert` output; `none` starts from random weights",
-    "class_weights": ". median-frequency: weight_c = median(freq) / freq_c, computed from the training data",
-    "keep_checkpoints": ". `train` prints the size of one and the disk the run will use",
-}
+def _flag_kind(kind) -> dict:
+    """argparse's arguments for a config field of type `kind`: a switch, a list or one value."""
+    import types
+    import typing
+
+    union = isinstance(kind, types.UnionType) or typing.get_origin(kind) is typing.Union
+    options = list(typing.get_args(kind)) if union else [kind]
+    optional = type(None) in options
+    options = [option for option in options if option is not type(None)]
+    if options == [bool]:
+        return {"action": argparse.BooleanOptionalAction}
+    sequences = [option for option in options if typing.get_origin(option) is tuple]
+    if sequences:  # tuple[int, ...], tuple[float, float]: values after the flag (or one name, when str is allowed)
+        element = typing.get_args(sequences[0])[0]
+        others = [option for option in options if option not in sequences]
+        return {"nargs": "+", "metavar": "V", "type": _converter([element, *others], optional)}
+    return {"type": _converter(options, optional)}
 
 
-def _field_comments(cls) -> dict[str, str]:
-    """The `# comment` after each field of a dataclass's source: the flag's help text."""
-    import inspect
-    import re
+def _converter(types: list, optional: bool):
+    """Reads a flag's text as the first of `types` it fits (str last); `none` is None for optional fields."""
+    ordered = sorted(types, key=lambda t: t is str)
+    names = " or ".join(t.__name__ for t in ordered) + (" or none" if optional else "")
 
-    try:
-        source = inspect.getsource(cls)
-    except (OSError, TypeError):  # no source shipped: flags without help text
-        return {}
-    comments = {}
-    for line in source.splitlines():
-        match = re.match(r"\s+(\w+): [^=]+=.*?#\s*(.+)$", line)
-        if match:
-            comments[match.group(1)] = match.group(2).strip()
-    return comments
+    def convert(text: str):
+        if optional and text.lower() == "none":
+            return None
+        for cast in ordered:
+            try:
+                return cast(text)
+            except ValueError:
+                continue
+        raise argparse.ArgumentTypeError(f"expected {names}, received {text!r}")
 
-
-def _int_or_none(text: str):
-    return None if text.lower() == "none" else int(text)
-
-
-def _int_or_str(text: str):
-    return int(text) if text.lstrip("-").isdigit() else text
-
-
-def _float_or_str(text: str):
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def _str_or_none(text: str):
-    return None if text.lower() == "none" else text
+    convert.__name__ = names  # argparse names the type in its error messages
+    return convert
 
 
 def _config_from_args(args):
@@ -496,7 +476,7 @@ def _config_from_args(args):
 
 def run_train(args) -> int:
     from keras_fcn.data import DataError
-    from keras_fcn.train import train
+    from keras_fcn.training import train
 
     config = _config_from_args(args)
     try:
@@ -608,7 +588,7 @@ def run_evaluate(args) -> int:
     import json
 
     from keras_fcn.data import DataError, data_errors, from_spec
-    from keras_fcn.evaluate import evaluate
+    from keras_fcn.evaluation import evaluate
     from keras_fcn.metrics import format_scores
 
     model = _with_precision(_load_model(args.model), args.precision)

@@ -1,6 +1,6 @@
 """`TrainConfig`: every knob of a training run with its default, saved as `config.json` beside the outputs.
 
-Kept apart from `keras_fcn.train` (and free of TensorFlow) so that the command line can list the knobs as
+Kept apart from `keras_fcn.training` (and free of TensorFlow) so that the command line can list the knobs as
 flags without loading the training loop.
 """
 
@@ -13,6 +13,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 # VGG16's widths: the only ones ImageNet weights exist for.
+from keras_fcn.variants import VARIANTS
 from keras_fcn.vgg16 import VGG16_FC_UNITS, VGG16_FILTERS
 
 OPTIMIZERS = ("sgd", "adam")
@@ -23,63 +24,84 @@ AUTO_WEIGHTS = "auto"
 CLASS_WEIGHTINGS = ("median-frequency",)
 
 
+def knob(default, help: str):  # noqa: A002 - the flag's help, as argparse names it
+    """A config field: its default, and the help text `keras-fcn train --help` shows for its flag."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """Every knob of a training run, with its default. Overridable from `keras-fcn train --key value`."""
 
     # --- model -------------------------------------------------------------------------------------
-    variant: str = "fcn8s"  # fcn32s | fcn16s | fcn8s | fcn8s_at_once
-    num_classes: int | None = None  # None: from the training data (21 for VOC/SBD)
+    variant: str = knob("fcn8s", "fcn32s | fcn16s | fcn8s | fcn8s_at_once")
+    num_classes: int | None = knob(None, "None: from the training data (21 for VOC/SBD)")
     # "auto": "imagenet" with VGG16's widths; narrower widths have no ImageNet weights and start random.
-    backbone_weights: str | None = "auto"  # "auto" | "imagenet" | None (random) | a VGG16 .h5 or converted file
-    backbone_filters: tuple[int, ...] | None = None  # None: VGG16's (64, 128, 256, 512, 512)
-    fc_units: int | None = None  # None: VGG16's 4096
-    geometry: str = "aligned"  # "aligned" | "caffe" (the reference's 100-pixel padding and crops)
-    dropout: float = 0.5
-    learn_final_upsampling: bool = False
-    fixed_upsampling: bool = False  # every upsampling fixed bilinear, as the reference's nets (lr_mult=0)
-    init_from: str | None = None  # a .keras model whose layers are copied by name (32s → 16s → 8s)
+    backbone_weights: str | None = knob(
+        "auto",
+        '"auto" | "imagenet" | None (random) | a VGG16 .h5 or converted file. auto: with VGG16\'s widths (the '
+        "default backbone_filters and fc_units) the ImageNet weights, from Keras's download and cache; narrower "
+        "widths have no ImageNet weights and start from random ones. Offline, pass the .h5 file or a "
+        "`keras-fcn convert` output; none starts from random weights",
+    )
+    backbone_filters: tuple[int, ...] | None = knob(None, "None: VGG16's (64, 128, 256, 512, 512)")
+    fc_units: int | None = knob(None, "None: VGG16's 4096")
+    geometry: str = knob("aligned", '"aligned" | "caffe" (the reference\'s 100-pixel padding and crops)')
+    dropout: float = knob(0.5, "rate of the Dropout after fc6 and fc7")
+    learn_final_upsampling: bool = knob(
+        False, "make the final upsampling trainable (fixed bilinear by default, as the reference)"
+    )
+    fixed_upsampling: bool = knob(False, "every upsampling fixed bilinear, as the reference's nets (lr_mult=0)")
+    init_from: str | None = knob(None, "a .keras model whose layers are copied by name (32s → 16s → 8s)")
     # --- data (see keras_fcn.data.from_spec) --------------------------------------------------------
-    train_data: str = "synthetic"  # e.g. "sbd:/data/benchmark_RELEASE/dataset"
-    train_split: str = "train"
-    train_exclude: str | None = None  # ids left out of the training data: "seg11valid" or a list file
-    val_data: str | None = None  # e.g. "voc:/data/VOCdevkit/VOC2012"; None: no validation
-    val_split: str = "val"  # "seg11valid" for the reference's validation set
-    data_options: dict = field(default_factory=dict)  # extra source arguments, e.g. {"image_size": [96, 96]}
-    batch_size: int = 1  # global batch, split over replicas; the reference uses 1
-    crop_size: int | None = None  # None: whole images (batch 1, or padded to the largest in a batch)
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    flip: bool = True
-    class_weights: tuple[float, ...] | str | None = None  # one loss weight per class, or "median-frequency"
+    train_data: str = knob("synthetic", 'e.g. "sbd:/data/benchmark_RELEASE/dataset"')
+    train_split: str = knob("train", "the training split of train_data")
+    train_exclude: str | None = knob(None, 'ids left out of the training data: "seg11valid" or a list file')
+    val_data: str | None = knob(None, 'e.g. "voc:/data/VOCdevkit/VOC2012"; None: no validation')
+    val_split: str = knob("val", '"seg11valid" for the reference\'s validation set')
+    data_options: dict = field(
+        default_factory=dict, metadata={"help": 'extra source arguments, e.g. {"image_size": [96, 96]}'}
+    )
+    batch_size: int = knob(1, "global batch, split over replicas; the reference uses 1")
+    crop_size: int | None = knob(None, "None: whole images (batch 1, or padded to the largest in a batch)")
+    scale_range: tuple[float, float] = knob((0.5, 2.0), "random scale range of the augmentation")
+    flip: bool = knob(True, "random horizontal flips")
+    class_weights: tuple[float, ...] | str | None = knob(
+        None,
+        'one loss weight per class, or "median-frequency": weight_c = median(freq) / freq_c, computed from the '
+        "training data",
+    )
     # --- optimisation ------------------------------------------------------------------------------
-    optimizer: str = "sgd"  # "sgd" (momentum, as the reference) | "adam"
-    learning_rate: float = 1e-4  # for the normalized loss; the reference's summed loss used 1e-10..1e-14
-    momentum: float = 0.99  # the reference's; SGD only
-    lr_schedule: str = "constant"  # "constant" | "poly" (x (1 - t/T)^power) | "step" (x gamma every step_epochs)
-    poly_power: float = 0.9
-    step_epochs: int = 10
-    step_gamma: float = 0.1
-    weight_decay: float = 5e-4  # see weight_decay_mode; biases excluded
-    weight_decay_mode: str = "decoupled"  # "decoupled" (Keras) | "caffe" (L2 in the momentum; biases 2x lr)
-    normalize_loss: bool = True  # mean over valid pixels; False: the reference's sum over pixels
-    epochs: int = 50
-    steps_per_epoch: int | None = None  # None: one pass over the training data
-    validation_steps: int | None = None  # None: the whole validation set
+    optimizer: str = knob("sgd", '"sgd" (momentum, as the reference) | "adam"')
+    learning_rate: float = knob(1e-4, "for the normalized loss; the reference's summed loss used 1e-10..1e-14")
+    momentum: float = knob(0.99, "the reference's; SGD only")
+    lr_schedule: str = knob("constant", '"constant" | "poly" (x (1 - t/T)^power) | "step" (x gamma every step_epochs)')
+    poly_power: float = knob(0.9, "power of the poly schedule")
+    step_epochs: int = knob(10, "epochs between two steps of the step schedule")
+    step_gamma: float = knob(0.1, "factor of each step of the step schedule")
+    weight_decay: float = knob(5e-4, "see weight_decay_mode; biases excluded")
+    weight_decay_mode: str = knob("decoupled", '"decoupled" (Keras) | "caffe" (L2 in the momentum; biases 2x lr)')
+    normalize_loss: bool = knob(True, "mean over valid pixels; False: the reference's sum over pixels")
+    epochs: int = knob(50, "number of epochs")
+    steps_per_epoch: int | None = knob(None, "None: one pass over the training data")
+    validation_steps: int | None = knob(None, "None: the whole validation set")
     # --- performance -------------------------------------------------------------------------------
-    mixed_precision: bool = False  # float16 on GPU, bfloat16 on CPU; outputs and loss stay float32
-    jit_compile: bool = False  # XLA
-    strategy: str = "default"  # "default" | "mirrored" (all local GPUs) | "multi-worker" (from TF_CONFIG)
-    devices: tuple[str, ...] | None = None  # devices for "mirrored" (default: all GPUs, else the CPU)
+    mixed_precision: bool = knob(False, "float16 on GPU, bfloat16 on CPU; outputs and loss stay float32")
+    jit_compile: bool = knob(False, "XLA")
+    strategy: str = knob("default", '"default" | "mirrored" (all local GPUs) | "multi-worker" (from TF_CONFIG)')
+    devices: tuple[str, ...] | None = knob(None, 'devices for "mirrored" (default: all GPUs, else the CPU)')
     # --- output ------------------------------------------------------------------------------------
-    output_dir: str = "runs/fcn"
-    overwrite: bool = False  # start afresh in an output_dir holding a finished run, deleting its outputs
-    keep_checkpoints: int | None = 3  # newest epoch checkpoints kept (besides best, final, backup); None: all
-    seed: int = 0
-    verbose: int | str = "auto"  # Keras's progress bar
+    output_dir: str = knob("runs/fcn", "the run's folder (checkpoints, best.keras, final.keras, logs)")
+    overwrite: bool = knob(False, "start afresh in an output_dir holding a finished run, deleting its outputs")
+    keep_checkpoints: int | None = knob(
+        3,
+        "newest epoch checkpoints kept (besides best, final, backup); None: all. `train` prints the size of one "
+        "and the disk the run will use",
+    )
+    seed: int = knob(0, "seed of weights, data order and augmentation")
+    verbose: int | str = knob("auto", "Keras's progress bar")
 
     def __post_init__(self):
-        from keras_fcn.models import VARIANTS
-
         checks = [
             ("variant", self.variant, VARIANTS),
             ("optimizer", self.optimizer, OPTIMIZERS),

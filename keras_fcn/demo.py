@@ -18,10 +18,10 @@ import keras
 import numpy as np
 
 from keras_fcn.data import from_spec
-from keras_fcn.evaluate import evaluate
+from keras_fcn.evaluation import evaluate
 from keras_fcn.metrics import format_scores
 from keras_fcn.predict import predict_masks
-from keras_fcn.train import TrainConfig, describe_backbone, train
+from keras_fcn.training import TrainConfig, describe_backbone, train
 from keras_fcn.visualize import overlay, plot_history
 
 

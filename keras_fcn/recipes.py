@@ -140,8 +140,8 @@ class RecipeResult:
     """What `train_recipe` returns: the training result and the final model's seg11valid scores."""
 
     recipe: Recipe
-    train: object  # keras_fcn.train.TrainResult
-    scores: dict | None  # keras_fcn.evaluate.evaluate's result; None without validation data
+    train: object  # keras_fcn.training.TrainResult
+    scores: dict | None  # keras_fcn.evaluation.evaluate's result; None without validation data
 
 
 def get_recipe(name: str) -> Recipe:
@@ -216,8 +216,8 @@ def train_recipe(name: str, config: TrainConfig | None = None, **overrides) -> R
     ...              val_data="voc:/data/VOCdevkit/VOC2012")  # doctest: +SKIP
     """
     from keras_fcn.data import data_errors, from_spec
-    from keras_fcn.evaluate import evaluate
-    from keras_fcn.train import train
+    from keras_fcn.evaluation import evaluate
+    from keras_fcn.training import train
 
     recipe = get_recipe(name)
     config = dataclasses.replace(config, **overrides) if config else recipe_config(name, **overrides)

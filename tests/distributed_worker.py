@@ -29,7 +29,7 @@ def main(mode, out):
     if mode == "mirrored":
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from keras_fcn.train import train
+        from keras_fcn.training import train
 
         # Every batch holds all 4 examples and augmentation is off, so both runs see the same data
         # whatever order the examples come in: two SGD steps must give the same weights.
@@ -41,7 +41,7 @@ def main(mode, out):
         single = train(**tiny(os.path.join(out, "single"), **same_data))
         save(single, os.path.join(out, "single.npz"))
     else:
-        from keras_fcn.train import train
+        from keras_fcn.training import train
 
         result = train(**tiny(os.path.join(out, "run"), strategy="multi-worker"))
         index = result.model.distribute_strategy.cluster_resolver.task_id

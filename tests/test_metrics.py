@@ -161,7 +161,7 @@ def test_predictions_outside_the_classes_are_refused():
 
 def test_evaluate_refuses_a_model_with_another_class_count():
     from keras_fcn.data import synthetic
-    from keras_fcn.evaluate import evaluate
+    from keras_fcn.evaluation import evaluate
 
     inputs = keras.Input((None, None, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(4, 1)(inputs))  # 4 outputs, 3 classes in the data

@@ -11,7 +11,7 @@ from testing import TINY
 from keras_fcn.config import TrainConfig
 from keras_fcn.metrics import SegmentationLoss
 from keras_fcn.optimizers import CaffeSGD
-from keras_fcn.train import build_model, make_optimizer
+from keras_fcn.training import build_model, make_optimizer
 
 LR, MOMENTUM, DECAY = 0.05, 0.99, 5e-4
 

@@ -67,15 +67,15 @@ def interrupted_run(tmp_path, monkeypatch, after_epochs):
     """Trains until `after_epochs` epochs are backed up, then dies as a killed process would (no cleanup)."""
     import importlib
 
-    train_module = importlib.import_module("keras_fcn.train")  # the module; keras_fcn.train is the function
-    make_callbacks = train_module._callbacks
+    train_module = importlib.import_module("keras_fcn.training.loop")
+    make_callbacks = train_module.make_callbacks
 
     class Die(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             if epoch + 1 == after_epochs:
                 raise Interrupt
 
-    monkeypatch.setattr(train_module, "_callbacks", lambda *a, **k: [*make_callbacks(*a, **k), Die()])
+    monkeypatch.setattr(train_module, "make_callbacks", lambda *a, **k: [*make_callbacks(*a, **k), Die()])
     settings = {
         "train_data": "synthetic:8", "epochs": after_epochs + 1, "steps_per_epoch": 1, "batch_size": 2,
         "crop_size": 32, "backbone_filters": (4, 8, 8, 16, 16), "fc_units": 16, "dropout": 0.0,
@@ -84,12 +84,12 @@ def interrupted_run(tmp_path, monkeypatch, after_epochs):
     }  # fmt: skip
     with pytest.raises(Interrupt):
         train_module.train(**settings)
-    monkeypatch.setattr(train_module, "_callbacks", make_callbacks)
+    monkeypatch.setattr(train_module, "make_callbacks", make_callbacks)
     return settings
 
 
 def test_resumed_run_keeps_a_better_best_model(tmp_path, monkeypatch):
-    from keras_fcn.train import train
+    from keras_fcn.training import train
 
     settings = interrupted_run(tmp_path, monkeypatch, after_epochs=2)
     out = settings["output_dir"]
@@ -114,7 +114,7 @@ def test_resumed_run_keeps_a_better_best_model(tmp_path, monkeypatch):
 
 
 def test_best_model_is_replaced_atomically(tmp_path, monkeypatch):
-    from keras_fcn.train import BestModelCheckpoint
+    from keras_fcn.training import BestModelCheckpoint
 
     inputs = keras.Input((4,))
     model = keras.Model(inputs, keras.layers.Dense(2)(inputs))

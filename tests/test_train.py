@@ -12,8 +12,8 @@ from test_metrics import reference_scores
 
 import keras_fcn
 from keras_fcn import cli, data
-from keras_fcn.evaluate import evaluate
-from keras_fcn.train import TrainConfig, train
+from keras_fcn.evaluation import evaluate
+from keras_fcn.training import TrainConfig, train
 
 TINY = {
     "backbone_filters": (4, 8, 8, 16, 16),

@@ -16,7 +16,7 @@ import keras_fcn
 from keras_fcn import cli, data, weights
 from keras_fcn.class_weights import class_pixel_counts, median_frequency_weights
 from keras_fcn.config import TrainConfig
-from keras_fcn.train import SingleClassWarning, train
+from keras_fcn.training import SingleClassWarning, train
 
 RUN = {
     **TINY,

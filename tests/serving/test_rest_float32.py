@@ -27,7 +27,7 @@ def _float32_values(rng: np.random.Generator) -> np.ndarray:
 
 def _texts(values: np.ndarray) -> list[str]:
     text = json_codec.tensors_json({"v": values}, row_format=False)
-    return re.findall(r"[^\[\], ]+", text[text.index("[") :])
+    return re.findall(r"[^\[\], }]+", text[text.index("[") :])
 
 
 def test_json_text_reads_back_as_the_same_float32_bits():
