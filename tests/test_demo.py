@@ -49,7 +49,7 @@ def test_demo_verb_registered():
 
     parser = argparse.ArgumentParser()
     verbs = parser.add_subparsers(dest="verb")
-    cli._add_demo(verbs)
+    cli.add_demo(verbs)
     args = parser.parse_args(["demo", "--output", "x", "--epochs", "3"])
     assert args.run is cli.run_demo and args.epochs == 3 and args.output == "x" and args.serve
     assert not parser.parse_args(["demo", "--no-serve"]).serve

@@ -1,0 +1,303 @@
+"""`keras-fcn export`, `serve` and `query`: SavedModels (and ONNX/LiteRT files), the local TF-Serving-API
+server, and a gRPC client."""
+
+from __future__ import annotations
+
+import os
+
+from keras_fcn.cli.common import (
+    CommandError,
+    add_precision_flag,
+    class_names_for,
+    load_model,
+    low_precision,
+    with_precision,
+)
+
+
+def add_export(verbs) -> None:
+    parser = verbs.add_parser(
+        "export",
+        help="write a .keras model as a TF Serving SavedModel version, an ONNX or a LiteRT file",
+        description="Every format takes uint8 RGB images (N, H, W, 3) of any size and answers class_ids "
+        "(N, H, W) and probabilities (N, H, W, C); each is checked against the model before it is put in place.",
+    )
+    parser.add_argument("--model", required=True, help="the trained model, a .keras file")
+    parser.add_argument(
+        "--output", required=True, metavar="PATH",
+        help="saved_model: the model base path (PATH/<version>/); onnx: a .onnx file; litert: a .tflite file",
+    )  # fmt: skip
+    parser.add_argument(
+        "--format", default="saved_model", choices=("saved_model", "onnx", "litert"),
+        help="saved_model (TF Serving, default), onnx (tf2onnx, opset 17; checked with onnxruntime) or litert "
+        "(TFLite built-in ops; checked with the LiteRT interpreter)",
+    )  # fmt: skip
+    parser.add_argument("--force", action="store_true", help="onnx/litert: overwrite an existing file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
+    parser.add_argument("--version", type=int, default=None, help="version number (default: the next one)")
+    parser.add_argument(
+        "--class-names", default=None,
+        help="a file with one class name a line (default: NAME.classes.txt or classes.txt beside the model; "
+        "saved_model: assets.extra/class_names.txt; onnx: metadata)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--max-decoded-pixels",
+        type=int,
+        default=None,
+        help="most pixels one request computes, in either signature (default: 33554432)",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        help="largest probability difference allowed between the exported model and the Keras model "
+        "(default: 1e-4, 5e-2 for float16/bfloat16 models)",
+    )
+    add_precision_flag(parser)
+    parser.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    from keras_fcn.export import export_saved_model
+    from keras_fcn.export_formats import export_litert, export_onnx
+
+    if args.format != "saved_model":
+        given = [flag for flag, value in (("--version", args.version), ("--max-decoded-pixels",
+                 args.max_decoded_pixels)) if value is not None]  # fmt: skip
+        if args.format == "litert" and args.class_names:
+            given.append("--class-names")
+        if given:
+            raise CommandError(f"{', '.join(given)} cannot be used with --format {args.format}")
+    reference = load_model(args.model)
+    model = with_precision(reference, args.precision)
+    # The check measures a low-precision export against the float32 model it came from.
+    compare = {"reference": reference} if low_precision(model) else {}
+    class_names = None
+    if args.class_names:
+        try:
+            with open(args.class_names, encoding="utf-8") as f:
+                class_names = [line.strip() for line in f if line.strip()]
+        except OSError as error:
+            raise CommandError(f"Cannot read class names {args.class_names}: {error}") from None
+    else:
+        class_names = class_names_for(args.model, None, int(model.output_shape[-1]))
+    limit = {} if args.max_decoded_pixels is None else {"max_decoded_pixels": args.max_decoded_pixels}
+    try:
+        if args.format == "onnx":
+            export_onnx(model, args.output, class_names=class_names, tolerance=args.tolerance, force=args.force,
+                        verbose=not args.quiet)  # fmt: skip
+        elif args.format == "litert":
+            export_litert(model, args.output, tolerance=args.tolerance, force=args.force, verbose=not args.quiet)
+        else:
+            export_saved_model(
+                model, args.output, version=args.version, class_names=class_names, tolerance=args.tolerance,
+                verbose=not args.quiet, **limit, **compare,
+            )  # fmt: skip
+    except (ValueError, OSError, ImportError) as error:
+        raise CommandError(str(error)) from error
+    return 0
+
+
+def add_serve(verbs) -> None:
+    # Flags also accept tensorflow_model_server's spelling (--model_base_path, --rest_api_port, ...).
+    parser = verbs.add_parser("serve", help="serve SavedModels over TF Serving's gRPC and REST APIs")
+    parser.add_argument("--model-base-path", "--model_base_path", dest="model_base_path")
+    parser.add_argument("--model-name", "--model_name", dest="model_name", default="default")
+    parser.add_argument("--model-config-file", "--model_config_file", dest="model_config_file")
+    parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
+    parser.add_argument(
+        "--rest-port",
+        "--rest_api_port",
+        dest="rest_port",
+        type=int,
+        default=8501,
+        help="REST port (0: no REST API, as in TF Serving)",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0: all interfaces)")
+    parser.add_argument("--enable-batching", "--enable_batching", dest="enable_batching", action="store_true")
+    parser.add_argument(
+        "--batching-parameters-file", "--batching_parameters_file", dest="batching_parameters_file"
+    )
+    parser.add_argument(
+        "--enable-signature-method-name-check",
+        "--enable_signature_method_name_check",
+        dest="method_name_check",
+        action="store_true",
+        help="refuse signatures whose method name does not match the request kind (off, as in TF Serving)",
+    )
+    parser.add_argument(
+        "--file-system-poll-wait-seconds",
+        "--file_system_poll_wait_seconds",
+        dest="poll_seconds",
+        type=float,
+        default=1.0,
+    )
+    parser.add_argument(
+        "--model-config-file-poll-wait-seconds",
+        "--model_config_file_poll_wait_seconds",
+        dest="config_poll_seconds",
+        type=float,
+        default=0.0,
+        help="re-read --model-config-file this often and switch to the models it lists (0: read once)",
+    )
+    parser.add_argument(
+        "--grpc-channel-arguments",
+        "--grpc_channel_arguments",
+        dest="grpc_channel_arguments",
+        default="",
+        help="gRPC server options, e.g. grpc.max_connection_age_ms=2000,grpc.max_receive_message_length=4194304",
+    )
+    parser.add_argument(
+        "--grpc-socket-path", "--grpc_socket_path", dest="grpc_socket_path", help="also serve gRPC on this Unix socket"
+    )
+    parser.add_argument(
+        "--monitoring-config-file",
+        "--monitoring_config_file",
+        dest="monitoring_config_file",
+        help="a MonitoringConfig text file: prometheus_config { enable: true } serves metrics on the REST port",
+    )
+    parser.add_argument(
+        "--ssl-config-file",
+        "--ssl_config_file",
+        dest="ssl_config_file",
+        help="an SSLConfig text file (server_key, server_cert, custom_ca, client_verify): TLS on gRPC",
+    )
+    # Bounds on what requests may cost (TF Serving's flag names where it has one).
+    limits = (
+        ("--max-request-elements", "--max_request_elements", 3 << 25, "values one gRPC Predict request may declare"),
+        ("--grpc-max-threads", "--grpc_max_threads", 16, "gRPC worker threads"),
+        ("--rest-api-num-threads", "--rest_api_num_threads", 16, "REST worker threads"),
+        ("--max-queued-requests", "--max_queued_requests", 64, "requests waiting for a worker; then 429"),
+        ("--rest-api-timeout-in-ms", "--rest_api_timeout_in_ms", 30000, "REST request timeout; then 504"),
+        ("--rest-api-max-body-bytes", "--rest_api_max_body_bytes", 1 << 30, "largest REST body; then 429"),
+    )
+    for flag, alias, default, text in limits:
+        parser.add_argument(flag, alias, type=int, default=default, help=f"{text} (default: {default})")
+    parser.add_argument(
+        "--shutdown-grace-seconds",
+        type=float,
+        default=10.0,
+        help="on SIGTERM, how long requests in flight may finish (default: 10)",
+    )
+    parser.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> int:
+    import logging
+    import signal
+    import threading
+
+    if not args.model_config_file and not args.model_base_path:
+        raise CommandError("give --model-base-path (with --model-name) or --model-config-file")
+    if args.batching_parameters_file and not args.enable_batching:
+        raise CommandError("--batching-parameters-file needs --enable-batching")
+    if args.config_poll_seconds and not args.model_config_file:
+        raise CommandError("--model-config-file-poll-wait-seconds needs --model-config-file")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from keras_fcn.serving.server import ModelServer
+
+    try:
+        server = ModelServer(
+            args.model_name,
+            args.model_base_path,
+            model_config_file=args.model_config_file,
+            port=args.port,
+            rest_port=args.rest_port or None,
+            host=args.host,
+            enable_batching=args.enable_batching,
+            batching_parameters=args.batching_parameters_file,
+            poll_seconds=args.poll_seconds,
+            model_config_file_poll_wait_seconds=args.config_poll_seconds,
+            grpc_channel_arguments=args.grpc_channel_arguments,
+            grpc_socket_path=args.grpc_socket_path,
+            monitoring_config_file=args.monitoring_config_file,
+            ssl_config_file=args.ssl_config_file,
+            enable_signature_method_name_check=args.method_name_check,
+            grpc_threads=args.grpc_max_threads,
+            rest_threads=args.rest_api_num_threads,
+            max_queued_requests=args.max_queued_requests,
+            max_request_elements=args.max_request_elements,
+            rest_timeout_ms=args.rest_api_timeout_in_ms,
+            rest_max_body_bytes=args.rest_api_max_body_bytes,
+        )
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        server.start()
+    except (ValueError, OSError, RuntimeError) as error:
+        raise CommandError(str(error)) from error
+    while not stop.wait(0.5):
+        pass
+    logging.getLogger("keras_fcn.serving").info("Shutting down")
+    server.stop(args.shutdown_grace_seconds)
+    return 0
+
+
+def add_query(verbs) -> None:
+    parser = verbs.add_parser("query", help="segment images with a served model over gRPC")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="JPEG or PNG files")
+    parser.add_argument("--address", default="localhost:8500", help="host:port of the gRPC API")
+    parser.add_argument("--model", required=True, metavar="NAME", help="the served model's name")
+    parser.add_argument("--version", type=int, default=None, help="a version (default: the latest)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="where the PNGs go")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds a request may take")
+    parser.add_argument("--tls", action="store_true", help="TLS, trusting the system's CAs (see --tls-ca)")
+    parser.add_argument("--tls-ca", metavar="PEM", help="TLS, trusting the CA in this file")
+    parser.add_argument("--tls-cert", metavar="PEM", help="client certificate (server with client_verify)")
+    parser.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
+    parser.add_argument("--tls-server-name", metavar="NAME", help="the name the server certificate must carry")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
+    parser.set_defaults(run=_run_query)
+
+
+def _run_query(args) -> int:
+
+    import grpc
+    import keras
+    import numpy as np
+
+    from keras_fcn.serving.client import FCNClient, tls_credentials
+    from keras_fcn.serving.images import decode_image
+    from keras_fcn.visualize import class_map_png, overlay
+
+    missing = [path for path in args.images if not os.path.isfile(path)]
+    if missing:
+        raise CommandError(f"no such image file: {', '.join(missing)}")
+    credentials = None
+    if args.tls or args.tls_ca or args.tls_cert or args.tls_key:
+        try:
+            credentials = tls_credentials(args.tls_ca, args.tls_cert, args.tls_key)
+        except (ValueError, OSError) as error:
+            raise CommandError(f"TLS files: {error}") from error
+    elif args.tls_server_name:
+        raise CommandError("--tls-server-name needs --tls or --tls-ca")
+    os.makedirs(args.output, exist_ok=True)
+    progress = keras.utils.Progbar(len(args.images), unit_name="image", verbose=int(not args.quiet))
+    report = []  # printed after the progress bar, which would break the lines up
+    with FCNClient(
+        args.address,
+        args.model,
+        version=args.version,
+        timeout=args.timeout,
+        credentials=credentials,
+        tls_server_name=args.tls_server_name,
+    ) as client:
+        for path in args.images:  # one request each: images of different sizes cannot share one
+            try:
+                class_ids = client.predict([path]).class_ids[0]
+            except grpc.RpcError as error:
+                raise CommandError(f"{path}: {error.code().name}: {error.details()}") from error
+            stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
+            with open(stem + "_class_ids.png", "wb") as f:
+                f.write(class_map_png(class_ids))
+            with open(path, "rb") as f:
+                pixels = decode_image(f.read())
+            overlay(pixels, class_ids).save(stem + "_overlay.png")  # with a legend of the class ids
+            present = ", ".join(
+                f"{c}: {n}" for c, n in zip(*np.unique(class_ids, return_counts=True), strict=True)
+            )
+            report.append(f"{path}: {stem}_class_ids.png, {stem}_overlay.png (pixels per class id: {present})")
+            progress.add(1)
+    if not args.quiet:
+        print("\n".join(report))
+    return 0
