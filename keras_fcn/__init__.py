@@ -28,7 +28,7 @@ _EXPORTS = {
     "fcn8s_at_once": "keras_fcn.models",
     "fcn16s": "keras_fcn.models",
     "fcn32s": "keras_fcn.models",
-    "convolutionalize": "keras_fcn.convolutionalize",
+    "convolutionalize": "keras_fcn.fully_convolutional",
     "load_backbone_weights": "keras_fcn.weights",
     "transfer_weights": "keras_fcn.weights",
     "CaffeModelError": "keras_fcn.caffe",

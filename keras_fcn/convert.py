@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from keras_fcn.backbone import VGG16_BLOCK_DEPTHS, vgg16_classifier
-from keras_fcn.convolutionalize import convolutionalize
+from keras_fcn.fully_convolutional import convolutionalize
 from keras_fcn.vgg16 import VGG16_CONV_LAYERS
 from keras_fcn.weights import WeightFileError, read_h5_weights
 

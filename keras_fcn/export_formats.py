@@ -235,7 +235,10 @@ def export_onnx(
 
     import tensorflow as tf
 
-    function = build_serving_functions(model)[SERVING_DEFAULT]
+    from keras_fcn.gemm_conv import with_plain_convolutions
+
+    # ONNX has no ExtractImagePatches: fc6 goes out as the plain convolution it equals.
+    function = build_serving_functions(with_plain_convolutions(model))[SERVING_DEFAULT]
     signature = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
     tf2onnx_logger = logging.getLogger("tf2onnx")
     level = tf2onnx_logger.level
@@ -305,10 +308,13 @@ def export_litert(
 
     # Converting from a SavedModel freezes the weights into the file; a concrete function's variables
     # would stay resource variables that the interpreter reads uninitialised.
+    from keras_fcn.gemm_conv import with_plain_convolutions
+
+    plain = with_plain_convolutions(model)  # TFLite's built-in ops have no ExtractImagePatches
     with tempfile.TemporaryDirectory(prefix="keras-fcn-litert-") as saved:
         archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(SERVING_DEFAULT, build_serving_functions(model)[SERVING_DEFAULT])
+        archive.track(plain)
+        archive.add_endpoint(SERVING_DEFAULT, build_serving_functions(plain)[SERVING_DEFAULT])
         archive.write_out(saved, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SERVING_DEFAULT])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]

@@ -108,3 +108,23 @@ def _gemm_conv(inputs, kernel, strides, padding: str):
         return y, grad
 
     return conv(inputs, kernel)
+
+
+def with_plain_convolutions(model: keras.Model) -> keras.Model:
+    """`model` with every `GEMMConv2D` rebuilt as a plain `Conv2D` (same config and weights).
+
+    For converters whose operator sets lack `extract_patches` and the custom gradient (ONNX, TFLite
+    built-ins): the answers are the same within float rounding. A model without one is returned as is.
+    """
+    if not any(isinstance(layer, GEMMConv2D) for layer in model.layers):
+        return model
+
+    def clone(layer):
+        if isinstance(layer, GEMMConv2D):
+            return keras.layers.Conv2D.from_config(layer.get_config())
+        return layer.__class__.from_config(layer.get_config())
+
+    plain = keras.models.clone_model(model, clone_function=clone)
+    for source, target in zip(model.layers, plain.layers, strict=True):
+        target.set_weights(source.get_weights())
+    return plain
