@@ -54,7 +54,8 @@ def multi_worker_workarounds(model: keras.Model, strategy, element_spec) -> None
     train_step, test_step = model.train_step, model.test_step
 
     def add_axis(logs):
-        return {key: tf.reshape(value, (1,)) for key, value in logs.items()}
+        # Nested: a metric whose result is a dict (SegmentationScores) logs a dict within the logs.
+        return tf.nest.map_structure(lambda value: tf.reshape(value, (1,)), logs)
 
     model.train_step = lambda data: add_axis(train_step(data))
     model.test_step = lambda data: add_axis(test_step(data))
