@@ -412,6 +412,11 @@ def test_short_load_grpc_and_rest_mixed_has_no_errors():
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("KERAS_FCN_STRESS"),
+    reason="the 5,000-request load (about 2 min on 2 cores) runs with KERAS_FCN_STRESS=1; "
+    "test_short_load_grpc_and_rest_mixed_has_no_errors is its short version",
+)
 def test_load_of_5000_requests_keeps_rss_flat():
     output = _stress("--clients", "16", "--requests", "5000", "--max-rss-growth", "0.10")
     print(output)
