@@ -8,21 +8,17 @@ the `tensorflow/serving/classify` method name unless `--enable_signature_method_
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 from google.protobuf import text_format
 from tensorflow_serving.apis import classification_pb2
 
-from .errors import ServingError
+from .errors import invalid_argument
 from .examples import serialized_examples
 from .versions import DEFAULT_SIGNATURE, LoadedVersion
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 INPUTS, CLASSES, SCORES = "inputs", "classes", "scores"
 
-
-def _bad(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def debug_string(signature_def) -> str:
@@ -33,18 +29,18 @@ def debug_string(signature_def) -> str:
 def check_signature(signature_def, method_name_check: bool = False) -> list[str]:
     """TF Serving's checks of a classification signature; returns the output aliases to fetch."""
     if method_name_check and signature_def.method_name != CLASSIFY_METHOD:
-        raise _bad(
+        raise invalid_argument(
             f"Expected classification signature method_name to be {CLASSIFY_METHOD}. Was: {signature_def.method_name}"
         )
     if len(signature_def.inputs) != 1:
-        raise _bad("Expected one input Tensor.")
+        raise invalid_argument("Expected one input Tensor.")
     if len(signature_def.outputs) not in (1, 2):
-        raise _bad(f"Expected one or two output Tensors, found {len(signature_def.outputs)}")
+        raise invalid_argument(f"Expected one or two output Tensors, found {len(signature_def.outputs)}")
     if INPUTS not in signature_def.inputs:
-        raise _bad(f"No classification inputs found in SignatureDef: {debug_string(signature_def)}")
+        raise invalid_argument(f"No classification inputs found in SignatureDef: {debug_string(signature_def)}")
     aliases = [alias for alias in (CLASSES, SCORES) if alias in signature_def.outputs]
     if not aliases:
-        raise _bad(
+        raise invalid_argument(
             f'Expected classification signature outputs to contain at least one of "{CLASSES}" or "{SCORES}". '
             f"Signature was: {debug_string(signature_def)}"
         )
@@ -53,11 +49,17 @@ def check_signature(signature_def, method_name_check: bool = False) -> list[str]
 
 def classification_signature(version: LoadedVersion, signature_name: str, method_name_check: bool = False):
     """(name, SignatureDef, function) of a classification signature (empty name: serving_default)."""
+    return example_signature(version, signature_name, check_signature, method_name_check)
+
+
+def example_signature(version: LoadedVersion, signature_name: str, check, method_name_check: bool = False):
+    """(name, SignatureDef, function) of a signature that reads tf.Examples, checked by `check`
+    (classification's or regression's `check_signature`); INVALID_ARGUMENT when there is none."""
     name = signature_name or DEFAULT_SIGNATURE
     if name not in version.signature_defs or name not in version.functions:
-        raise _bad(f"No signature was found with the name: {name}")
+        raise invalid_argument(f"No signature was found with the name: {name}")
     signature_def = version.signature_defs[name]
-    check_signature(signature_def, method_name_check)
+    check(signature_def, method_name_check)
     return name, signature_def, version.functions[name]
 
 
@@ -68,13 +70,13 @@ def classification_result(num_examples: int, outputs: dict) -> classification_pb
         if value is None:
             continue
         if value.ndim != 2:
-            raise _bad(f"Expected Tensor shape: [batch_size num_classes] but got {list(value.shape)}")
+            raise invalid_argument(f"Expected Tensor shape: [batch_size num_classes] but got {list(value.shape)}")
         if (alias == CLASSES and value.dtype.kind not in "OS") or (alias == SCORES and value.dtype != np.float32):
-            raise _bad(f"Expected {alias} Tensor of {dtype}. Got: {value.dtype}")
+            raise invalid_argument(f"Expected {alias} Tensor of {dtype}. Got: {value.dtype}")
         if value.shape[0] != num_examples:
-            raise _bad(f"Expected {alias} output batch size of {num_examples}. Got: {value.shape[0]}")
+            raise invalid_argument(f"Expected {alias} output batch size of {num_examples}. Got: {value.shape[0]}")
     if classes is not None and scores is not None and classes.shape[1] != scores.shape[1]:
-        raise _bad(
+        raise invalid_argument(
             f"Tensors class and score should match in dim_size(1). Got {classes.shape[1]} vs. {scores.shape[1]}"
         )
     num_classes = (classes if classes is not None else scores).shape[1]

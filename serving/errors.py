@@ -38,3 +38,8 @@ def check_deadline(deadline: float | None, what: str = "the request ran") -> Non
     """DEADLINE_EXCEEDED once `time.monotonic()` is past `deadline` (None: no deadline)."""
     if deadline is not None and time.monotonic() > deadline:
         raise ServingError(grpc.StatusCode.DEADLINE_EXCEEDED, f"Deadline exceeded before {what}")
+
+
+def invalid_argument(message: str) -> ServingError:
+    """An INVALID_ARGUMENT error (HTTP 400): what TF Serving answers to a request it cannot use."""
+    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)

@@ -11,16 +11,11 @@ from __future__ import annotations
 import base64
 import binascii
 
-import grpc
 import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import input_pb2
 
-from .errors import ServingError
-
-
-def _bad(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
+from .errors import invalid_argument
 
 
 def serialized_examples(model_input: input_pb2.Input) -> np.ndarray:
@@ -39,13 +34,14 @@ def serialized_examples(model_input: input_pb2.Input) -> np.ndarray:
     else:
         serialized = []
     if not serialized:
-        raise _bad("Input is empty.")
+        raise invalid_argument("Input is empty.")
     array = np.empty(len(serialized), dtype=object)
     array[:] = serialized
     return array
 
 
-def _json_type(value) -> str:
+def json_type(value) -> str:
+    """The name rapidjson (TF Serving's JSON parser) gives a value's type, for error messages."""
     if value is None:
         return "Null"
     if value is True:
@@ -70,7 +66,7 @@ def decode_b64(value: dict) -> bytes:
     try:
         return base64.b64decode(value["b64"], validate=True)
     except (binascii.Error, ValueError) as error:
-        raise _bad("Unable to base64 decode") from error
+        raise invalid_argument("Unable to base64 decode") from error
 
 
 _KINDS = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64", None: "UNKNOWN"}
@@ -79,7 +75,7 @@ _KINDS = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64", N
 def _add_value(feature: feature_pb2.Feature, name: str, value) -> None:
     """Appends one JSON value to a Feature, TF Serving's way (its kind is set by the first value)."""
     if value is None or isinstance(value, list) or (isinstance(value, dict) and not is_b64(value)):
-        raise _bad(f"Feature: {name} has element with unexpected JSON type: {_json_type(value)}")
+        raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {json_type(value)}")
     if isinstance(value, bool):
         kind, converted = "int64_list", int(value)
     elif isinstance(value, dict):
@@ -91,19 +87,19 @@ def _add_value(feature: feature_pb2.Feature, name: str, value) -> None:
     elif value >= 1 << 64 or value < -(1 << 63):  # beyond int64 and uint64 rapidjson reads a double
         kind, converted = "float_list", float(value)
     elif value >= 1 << 63:
-        raise _bad(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
+        raise invalid_argument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
     else:
         kind, converted = "int64_list", value
     current = feature.WhichOneof("kind")
     if current not in (None, kind):
-        raise _bad(f"Unexpected element type in feature: {name} expecting type: {_KINDS[current]}")
+        raise invalid_argument(f"Unexpected element type in feature: {name} expecting type: {_KINDS[current]}")
     getattr(feature, kind).value.append(converted)
 
 
 def example_from_json(value) -> example_pb2.Example:
     """A tf.Example from a JSON object of features (`{"x": 2.0, "tags": ["a", "b"]}`)."""
     if not isinstance(value, dict):
-        raise _bad(f"Example must be JSON object but got JSON {_json_type(value)}")
+        raise invalid_argument(f"Example must be JSON object but got JSON {json_type(value)}")
     example = example_pb2.Example()
     for name, content in value.items():
         feature = feature_pb2.Feature()
@@ -126,15 +122,15 @@ def input_from_json(document: dict, debug_string) -> input_pb2.Input:
         model_input.example_list_with_context.context.CopyFrom(example_from_json(document["context"]))
     if "examples" not in document:
         # TF Serving says "classify" for both verbs.
-        raise _bad(
+        raise invalid_argument(
             f"JSON Value: {debug_string(document)} When method is classify, key 'examples' is expected "
             "and was not found"
         )
     examples = document["examples"]
     if not isinstance(examples, list):
-        raise _bad(f"JSON Value: {debug_string(document)} Expecting 'examples' value to be an list/array")
+        raise invalid_argument(f"JSON Value: {debug_string(document)} Expecting 'examples' value to be an list/array")
     if not examples:
-        raise _bad(f"JSON Value: {debug_string(document)} 'examples' value is an empty array")
+        raise invalid_argument(f"JSON Value: {debug_string(document)} 'examples' value is an empty array")
     listed = model_input.example_list_with_context if has_context else model_input.example_list
     for value in examples:
         listed.examples.add().CopyFrom(example_from_json(value))

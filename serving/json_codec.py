@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import json
 
-import grpc
 import numpy as np
 import tensorflow as tf
 
-from .errors import ServingError
-from .examples import decode_b64, input_from_json, is_b64
+from .errors import ServingError, invalid_argument
+from .examples import decode_b64, input_from_json, is_b64, json_type
 from .tensors import data_type_string
 
 MAX_DEBUG_CHARS = 256  # TF Serving cuts the JSON it quotes in errors here
@@ -30,10 +29,6 @@ _PARSE_ERRORS = {
     "Invalid \\escape": "Invalid escape character in string.",
     "Invalid control character at": "Invalid encoding in string.",
 }
-
-
-def _bad(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def _finite_float(text: str) -> float:
@@ -56,14 +51,14 @@ def parse_json(body: bytes) -> dict:
     and NaN/Infinity are accepted.
     """
     if not body:
-        raise _bad("JSON Parse error: The document is empty")
+        raise invalid_argument("JSON Parse error: The document is empty")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as error:
-        raise _bad(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from error
+        raise invalid_argument(f"JSON Parse error: Invalid encoding in string. at offset: {error.start}") from error
     start = len(text) - len(text.lstrip(" \t\n\r"))
     if start == len(text):
-        raise _bad(f"JSON Parse error: The document is empty. at offset: {start}")
+        raise invalid_argument(f"JSON Parse error: The document is empty. at offset: {start}")
     try:
         document, _ = json.JSONDecoder(parse_float=_finite_float, parse_int=_int_or_double).raw_decode(text, start)
     except json.JSONDecodeError as error:
@@ -73,11 +68,11 @@ def parse_json(body: bytes) -> dict:
                 words = "Missing a comma or '}' after an object member."
             else:
                 words = "Missing a comma or ']' after an array element."
-        raise _bad(f"JSON Parse error: {words or error.msg} at offset: {error.pos}") from error
+        raise invalid_argument(f"JSON Parse error: {words or error.msg} at offset: {error.pos}") from error
     except (ValueError, RecursionError) as error:
-        raise _bad(f"JSON Parse error: {error}") from error
+        raise invalid_argument(f"JSON Parse error: {error}") from error
     if not isinstance(document, dict):
-        raise _bad(f"JSON Value: {debug_string(document)} Is not object")
+        raise invalid_argument(f"JSON Value: {debug_string(document)} Is not object")
     return document
 
 
@@ -118,25 +113,11 @@ def signature_name(document: dict) -> str:
     """The optional `signature_name`; it must be a string."""
     name = document.get("signature_name", "")
     if not isinstance(name, str):
-        raise _bad(
+        raise invalid_argument(
             f"JSON Value: {debug_string(document)} not formatted correctly. "
             "'signature_name' key must be a string value."
         )
     return name
-
-
-def _type_name(value) -> str:
-    if value is None:
-        return "Null"
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, dict):
-        return "Object"
-    if isinstance(value, list):
-        return "Array"
-    if isinstance(value, str):
-        return "String"
-    return "Number"
 
 
 def _accepts(value, dtype: tf.DType) -> bool:
@@ -166,7 +147,9 @@ def _accepts(value, dtype: tf.DType) -> bool:
 
 def _type_error(value, dtype: tf.DType) -> ServingError:
     expected = data_type_string(dtype)
-    return _bad(f"JSON Value: {debug_string(value)} Type: {_type_name(value)} is not of expected type: {expected}")
+    return invalid_argument(
+        f"JSON Value: {debug_string(value)} Type: {json_type(value)} is not of expected type: {expected}"
+    )
 
 
 def _dense_shape(value) -> list[int]:
@@ -183,7 +166,7 @@ def _walk(value, level: int, shape: list[int], dtype: tf.DType, leaves: list) ->
     """TF Serving's tensor fill: every leaf at the same depth, every list of its level's size."""
     if not isinstance(value, list):
         if level != len(shape):
-            raise _bad(
+            raise invalid_argument(
                 f"JSON Value: {debug_string(value)} found at incorrect level: {level + 1} in the JSON DOM. "
                 f"Expected at level: {len(shape)}"
             )
@@ -191,7 +174,7 @@ def _walk(value, level: int, shape: list[int], dtype: tf.DType, leaves: list) ->
             if dtype != tf.string:
                 raise _type_error(value, dtype)
             if not is_b64(value):
-                raise _bad(f"JSON Value: {debug_string(value)} not formatted correctly for base64 data")
+                raise invalid_argument(f"JSON Value: {debug_string(value)} not formatted correctly for base64 data")
             leaves.append(decode_b64(value))
             return
         if not _accepts(value, dtype):
@@ -199,9 +182,11 @@ def _walk(value, level: int, shape: list[int], dtype: tf.DType, leaves: list) ->
         leaves.append(value.encode("utf-8") if isinstance(value, str) else value)
         return
     if level >= len(shape):
-        raise _bad(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
+        raise invalid_argument(f"Encountered list at unexpected level: {level} expected < {len(shape)}")
     if len(value) != shape[level]:
-        raise _bad(f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}")
+        raise invalid_argument(
+            f"Encountered list at unexpected size: {len(value)} at level: {level} expected size: {shape[level]}"
+        )
     for item in value:
         _walk(item, level + 1, shape, dtype, leaves)
 
@@ -217,7 +202,9 @@ def to_array(value, dtype: tf.DType, booleans: bool = True) -> np.ndarray:
     """
     shape = _dense_shape(value)
     if len(shape) > MAX_RANK:  # numpy holds at most 64 dimensions (TensorFlow 254)
-        raise _bad(f"Tensors of more than {MAX_RANK} dimensions are not supported. Received: {len(shape)} dimensions")
+        raise invalid_argument(
+            f"Tensors of more than {MAX_RANK} dimensions are not supported. Received: {len(shape)} dimensions"
+        )
     if dtype != tf.string and shape:
         # Fast path for large numeric bodies; anything unusual takes TF Serving's walk below.
         numeric = None
@@ -226,10 +213,15 @@ def to_array(value, dtype: tf.DType, booleans: bool = True) -> np.ndarray:
                 array = np.array(value, dtype=object)
             except ValueError:
                 array = None
-            if array is not None and list(array.shape) == shape and set(map(type, array.ravel().tolist())) <= {
-                int,
-                float,
-            }:
+            if (
+                array is not None
+                and list(array.shape) == shape
+                and set(map(type, array.ravel().tolist()))
+                <= {
+                    int,
+                    float,
+                }
+            ):
                 numeric = np.array(array.tolist())
         else:
             try:
@@ -239,8 +231,7 @@ def to_array(value, dtype: tf.DType, booleans: bool = True) -> np.ndarray:
         if numeric is not None and list(numeric.shape) == shape and numeric.size and numeric.dtype.kind in "iuf":
             floating = dtype in (tf.float32, tf.float64)
             if floating or (
-                numeric.dtype.kind in "iu"
-                and all(_accepts(v, dtype) for v in (int(numeric.min()), int(numeric.max())))
+                numeric.dtype.kind in "iu" and all(_accepts(v, dtype) for v in (int(numeric.min()), int(numeric.max())))
             ):
                 with np.errstate(over="ignore"):  # beyond float32: +-inf, as TF Serving's cast gives
                     return numeric.astype(dtype.as_numpy_dtype).reshape(shape)
@@ -270,7 +261,7 @@ def predict_inputs(document: dict, tensor_infos, booleans: bool = True) -> tuple
     """
     has_instances, has_inputs = "instances" in document, "inputs" in document
     if has_instances and has_inputs:
-        raise _bad(
+        raise invalid_argument(
             f"JSON Value: {debug_string(document)} Not formatted correctly expecting only one of 'inputs' or "
             "'instances' keys to exist "
         )
@@ -279,21 +270,21 @@ def predict_inputs(document: dict, tensor_infos, booleans: bool = True) -> tuple
         return _from_instances(document, dtypes, booleans), True
     if has_inputs:
         return _from_columns(document["inputs"], dtypes, booleans), False
-    raise _bad("Missing 'inputs' or 'instances' key")
+    raise invalid_argument("Missing 'inputs' or 'instances' key")
 
 
 def _from_instances(document: dict, dtypes: dict, booleans: bool) -> dict:
     instances = document["instances"]
     if not isinstance(instances, list):
-        raise _bad(f"JSON Value: {debug_string(document)} Expecting 'instances' to be an list/array")
+        raise invalid_argument(f"JSON Value: {debug_string(document)} Expecting 'instances' to be an list/array")
     if not instances:
-        raise _bad(f"JSON Value: {debug_string(document)} No values in 'instances' array")
+        raise invalid_argument(f"JSON Value: {debug_string(document)} No values in 'instances' array")
 
     def is_object(value) -> bool:
         return isinstance(value, dict) and not is_b64(value)
 
     if not isinstance(instances[0], dict) and len(dtypes) > 1:
-        raise _bad(
+        raise invalid_argument(
             "instances is a plain list, but expecting list of objects as multiple input tensors required as "
             "per tensorinfo_map"
         )
@@ -302,40 +293,40 @@ def _from_instances(document: dict, dtypes: dict, booleans: bool) -> dict:
 
     def add(alias: str, value) -> None:
         if alias not in dtypes:
-            raise _bad(f"JSON object: does not have named input: {alias}")
+            raise invalid_argument(f"JSON object: does not have named input: {alias}")
         array = to_array(value, dtypes[alias], booleans)
         if alias in columns:
             first = columns[alias][0]
             if first.size != array.size:
-                raise _bad(f"Expecting tensor size: {first.size} but got: {array.size}")
+                raise invalid_argument(f"Expecting tensor size: {first.size} but got: {array.size}")
             if first.shape != array.shape:
-                raise _bad(f"Expecting shape {_shape(first.shape)} but got: {_shape(array.shape)}")
+                raise invalid_argument(f"Expecting shape {_shape(first.shape)} but got: {_shape(array.shape)}")
         columns.setdefault(alias, []).append(array)
 
     for index, item in enumerate(instances):
         if objects:
             if not is_object(item):
-                raise _bad(f"Expecting object but got list at item {index} of input list")
+                raise invalid_argument(f"Expecting object but got list at item {index} of input list")
             for alias, value in item.items():
                 try:
                     add(alias, value)
                 except ServingError as error:
-                    raise _bad(
+                    raise invalid_argument(
                         f"Failed to process element: {index} key: {alias} of 'instances' list. "
                         f"Error: INVALID_ARGUMENT: {error.message}"
                     ) from error
             if set(item) != set(dtypes):
-                raise _bad(
+                raise invalid_argument(
                     f"Failed to process element: {index} of 'instances' list. JSON object: {debug_string(item)} "
                     f"keys must be equal to: {','.join(sorted(dtypes))}"
                 )
         else:
             if is_object(item):
-                raise _bad(f"Expecting value/list but got object at item {index} of input list")
+                raise invalid_argument(f"Expecting value/list but got object at item {index} of input list")
             try:
                 add(next(iter(sorted(dtypes))), item)
             except ServingError as error:
-                raise _bad(
+                raise invalid_argument(
                     f"Failed to process element: {index} of 'instances' list. Error: INVALID_ARGUMENT: {error.message}"
                 ) from error
     return {alias: np.stack(arrays) for alias, arrays in columns.items()}
@@ -348,7 +339,7 @@ def _shape(shape) -> str:
 def _from_columns(value, dtypes: dict, booleans: bool) -> dict:
     if not isinstance(value, dict) or is_b64(value):
         if len(dtypes) > 1:
-            raise _bad(
+            raise invalid_argument(
                 "inputs is a plain value/list, but expecting an object as multiple input tensors required as "
                 "per tensorinfo_map"
             )
@@ -357,7 +348,7 @@ def _from_columns(value, dtypes: dict, booleans: bool) -> dict:
     arrays = {}
     for alias in sorted(dtypes):
         if alias not in value:
-            raise _bad(f"Missing named input: {alias} in 'inputs' object.")
+            raise invalid_argument(f"Missing named input: {alias} in 'inputs' object.")
         arrays[alias] = to_array(value[alias], dtypes[alias], booleans)
     return arrays
 
@@ -378,10 +369,7 @@ def _float_texts(values: np.ndarray, digits: int) -> list[str]:
         inexact = np.flatnonzero((np.array(texts, dtype=np.float64).astype(flat.dtype) != flat) & np.isfinite(flat))
     for index in inexact.tolist():
         texts[index] = f"%.{digits}g" % flat[index]
-    return [
-        _NON_FINITE.get(t, t) if "n" in t else t if "." in t or "e" in t else t + ".0"
-        for t in texts
-    ]
+    return [_NON_FINITE.get(t, t) if "n" in t else t if "." in t or "e" in t else t + ".0" for t in texts]
 
 
 def _leaf_texts(alias: str, array: np.ndarray) -> list[str]:
@@ -400,7 +388,7 @@ def _leaf_texts(alias: str, array: np.ndarray) -> list[str]:
 
             return [json.dumps({"b64": base64.b64encode(v).decode("ascii")}) for v in array.ravel().tolist()]
         return [json.dumps(v.decode("utf-8", "replace")) for v in array.ravel().tolist()]
-    raise _bad(f"Failed to write JSON value for tensor type: {data_type_string(array.dtype)}")
+    raise invalid_argument(f"Failed to write JSON value for tensor type: {data_type_string(array.dtype)}")
 
 
 def _nest(items: list[str], shape) -> list[str]:
@@ -428,7 +416,7 @@ def _value(items: list[str], shape) -> str:
 def tensors_json(outputs: dict, row_format: bool) -> str:
     """A `:predict` reply: `{"predictions": [...]}` (row format) or `{"outputs": ...}` (columnar)."""
     if not outputs:
-        raise _bad("Cannot convert empty tensor map to JSON")
+        raise invalid_argument("Cannot convert empty tensor map to JSON")
     arrays = {alias: np.asarray(value) for alias, value in outputs.items()}
     texts = {alias: _leaf_texts(alias, array) for alias, array in arrays.items()}
     if not row_format:
@@ -440,9 +428,11 @@ def tensors_json(outputs: dict, row_format: bool) -> str:
     batch = -1
     for alias, array in arrays.items():
         if array.ndim == 0:
-            raise _bad(f"Tensor name: {alias} has no shape information ")
+            raise invalid_argument(f"Tensor name: {alias} has no shape information ")
         if batch >= 0 and array.shape[0] != batch:
-            raise _bad(f"Tensor name: {alias} has inconsistent batch size: {array.shape[0]} expecting: {batch}")
+            raise invalid_argument(
+                f"Tensor name: {alias} has inconsistent batch size: {array.shape[0]} expecting: {batch}"
+            )
         batch = array.shape[0]
     rows = {alias: _nest(items, arrays[alias].shape) for alias, items in texts.items()}
     if len(rows) == 1:
@@ -456,7 +446,7 @@ def tensors_json(outputs: dict, row_format: bool) -> str:
 def classification_json(result) -> str:
     """A `:classify` reply: `{"results": [[[label, score], ...], ...]}`."""
     if not result.classifications:
-        raise _bad("Cannot convert empty ClassificationResults to JSON")
+        raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
     rows = []
     for classifications in result.classifications:
         scores = _float_texts(np.array([c.score for c in classifications.classes], np.float32), 9)
@@ -468,7 +458,7 @@ def classification_json(result) -> str:
 def regression_json(result) -> str:
     """A `:regress` reply: `{"results": [value, ...]}`."""
     if not result.regressions:
-        raise _bad("Cannot convert empty RegressionResults to JSON")
+        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
     values = _float_texts(np.array([r.value for r in result.regressions], np.float32), 9)
     return '{"results": [' + ", ".join(values) + "]}"
 

@@ -11,7 +11,7 @@ from tensorflow_serving.apis import inference_pb2
 
 from . import classify as classify_lib
 from . import regress as regress_lib
-from .errors import ServingError
+from .errors import ServingError, invalid_argument
 from .examples import serialized_examples
 from .versions import DEFAULT_SIGNATURE, LoadedVersion
 
@@ -21,19 +21,16 @@ _METHODS = {
 }
 
 
-def _bad(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
 
 def check_tasks(request: inference_pb2.MultiInferenceRequest) -> None:
     """The model-name checks TF Serving makes before it looks the model up."""
     names = set()
     for task in request.tasks:
         if not task.model_spec.name:
-            raise _bad("Found ModelSpec with an empty model name.")
+            raise invalid_argument("Found ModelSpec with an empty model name.")
         names.add(task.model_spec.name)
     if len(names) > 1:
-        raise _bad("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
+        raise invalid_argument("All ModelSpecs in a MultiInferenceRequest must access the same model name.")
 
 
 def multi_inference(
@@ -45,10 +42,10 @@ def multi_inference(
     for task in request.tasks:
         name = task.model_spec.signature_name or DEFAULT_SIGNATURE
         if name in seen:
-            raise _bad(f"Duplicate evaluation of signature: {name}")
+            raise invalid_argument(f"Duplicate evaluation of signature: {name}")
         seen.add(name)
         if name not in version.signature_defs or name not in version.functions:
-            raise _bad(f"Requested signature not found in model graph: {name}")
+            raise invalid_argument(f"Requested signature not found in model graph: {name}")
         if task.method_name not in _METHODS:
             raise ServingError(
                 grpc.StatusCode.UNIMPLEMENTED, f"Unsupported signature method_name: {task.method_name}"

@@ -7,61 +7,52 @@ required with `method_name_check` (TF Serving's `--enable_signature_method_name_
 
 from __future__ import annotations
 
-import grpc
 import numpy as np
 from tensorflow_serving.apis import regression_pb2
 
-from .classify import debug_string
-from .errors import ServingError
+from .classify import debug_string, example_signature
+from .errors import invalid_argument
 from .examples import serialized_examples
-from .versions import DEFAULT_SIGNATURE, LoadedVersion
+from .versions import LoadedVersion
 
 REGRESS_METHOD = "tensorflow/serving/regress"
 INPUTS, OUTPUTS = "inputs", "outputs"
 
-
-def _bad(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
 
 
 def check_signature(signature_def, method_name_check: bool = False) -> list[str]:
     """TF Serving's checks of a regression signature; returns the output alias to fetch."""
     if method_name_check and signature_def.method_name != REGRESS_METHOD:
         was = signature_def.method_name
-        raise _bad(f"Expected regression signature method_name to be {REGRESS_METHOD}. Was: {was}")
+        raise invalid_argument(f"Expected regression signature method_name to be {REGRESS_METHOD}. Was: {was}")
     if len(signature_def.inputs) != 1:
-        raise _bad("Expected one input Tensor.")
+        raise invalid_argument("Expected one input Tensor.")
     if len(signature_def.outputs) != 1:
-        raise _bad("Expected one output Tensor.")
+        raise invalid_argument("Expected one output Tensor.")
     if INPUTS not in signature_def.inputs:
-        raise _bad(f"No regression inputs found in SignatureDef: {debug_string(signature_def)}")
+        raise invalid_argument(f"No regression inputs found in SignatureDef: {debug_string(signature_def)}")
     if OUTPUTS not in signature_def.outputs:
-        raise _bad(f"No regression outputs found in SignatureDef: {debug_string(signature_def)}")
+        raise invalid_argument(f"No regression outputs found in SignatureDef: {debug_string(signature_def)}")
     return [OUTPUTS]
 
 
 def regression_signature(version: LoadedVersion, signature_name: str, method_name_check: bool = False):
     """(name, SignatureDef, function) of a regression signature (empty name: serving_default)."""
-    name = signature_name or DEFAULT_SIGNATURE
-    if name not in version.signature_defs or name not in version.functions:
-        raise _bad(f"No signature was found with the name: {name}")
-    signature_def = version.signature_defs[name]
-    check_signature(signature_def, method_name_check)
-    return name, signature_def, version.functions[name]
+    return example_signature(version, signature_name, check_signature, method_name_check)
 
 
 def regression_result(num_examples: int, outputs: dict) -> regression_pb2.RegressionResult:
     """The RegressionResult of a signature's `outputs` tensor, checked as TF Serving does."""
     value = np.asarray(outputs[OUTPUTS])
     if not (value.ndim == 1 or (value.ndim == 2 and value.shape[1] == 1)):
-        raise _bad(
+        raise invalid_argument(
             "Expected output Tensor shape to be either [batch_size] or [batch_size, 1] but got "
             f"{list(value.shape)}"
         )
     if value.shape[0] != num_examples:
-        raise _bad(f"Input batch size did not match output batch size: {num_examples} vs. {value.shape[0]}")
+        raise invalid_argument(f"Input batch size did not match output batch size: {num_examples} vs. {value.shape[0]}")
     if value.dtype != np.float32:
-        raise _bad(f"Expected output Tensor of DT_FLOAT.  Got: {value.dtype}")
+        raise invalid_argument(f"Expected output Tensor of DT_FLOAT.  Got: {value.dtype}")
     result = regression_pb2.RegressionResult()
     for number in value.ravel().tolist():
         result.regressions.add(value=number)

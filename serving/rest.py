@@ -38,7 +38,7 @@ from tensorflow_serving.apis import classification_pb2, regression_pb2
 from . import classify as classify_lib
 from . import json_codec, page
 from . import regress as regress_lib
-from .errors import ServingError, check_deadline, log
+from .errors import ServingError, check_deadline, invalid_argument, log
 from .versions import DEFAULT_SIGNATURE, State
 
 # TF Serving's routes (`http_rest_api_util.cc`): POST a verb, GET a status or metadata; the
@@ -73,9 +73,6 @@ HTTP_CODES = {
 }
 
 
-def _bad(message: str) -> ServingError:
-    return ServingError(grpc.StatusCode.INVALID_ARGUMENT, message)
-
 
 def parse_path(method: str, path: str):
     """(verb or subresource, {"name", "version", "label"}) of a REST path, as TF Serving parses it.
@@ -85,7 +82,7 @@ def parse_path(method: str, path: str):
             `Missing model name in request.` for `GET /v1/models`, `Failed to convert version`
             beyond int64.
     """
-    malformed = _bad(f"Malformed request: {method} {path}")
+    malformed = invalid_argument(f"Malformed request: {method} {path}")
     pattern = {"POST": _POST, "GET": _GET}.get(method)
     match = pattern.fullmatch(path) if pattern else None
     if match is None:
@@ -94,13 +91,13 @@ def parse_path(method: str, path: str):
     name = urllib.parse.unquote(name or "")
     if version is not None:
         if int(version) > MAX_VERSION:
-            raise _bad(f"Failed to convert version: {version} to numeric.")
+            raise invalid_argument(f"Failed to convert version: {version} to numeric.")
         version = int(version)
     spec = {"name": name, "version": version, "label": urllib.parse.unquote(label) if label else ""}
     if method == "POST" and action not in ("classify", "regress", "predict"):
         raise malformed  # the verb matched in another case
     if method == "GET" and not name:
-        raise _bad("Missing model name in request.")
+        raise invalid_argument("Missing model name in request.")
     return action, spec
 
 
@@ -215,7 +212,7 @@ def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int 
             text = (self.headers.get("Content-Length") or "0").strip()
             if not text.isdigit():
                 self.close_connection = True  # where this body ends is unknown
-                raise _bad(f"Content-Length must be a non-negative integer; received {text[:40]!r}")
+                raise invalid_argument(f"Content-Length must be a non-negative integer; received {text[:40]!r}")
             length = int(text)
             if length > max_body_bytes:
                 self.close_connection = True
@@ -223,7 +220,7 @@ def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int 
             body = self.rfile.read(length)
             if len(body) < length:
                 self.close_connection = True
-                raise _bad(f"the request body ended after {len(body)} of its {length} bytes")
+                raise invalid_argument(f"the request body ended after {len(body)} of its {length} bytes")
             return body
 
         def _chunked_body(self) -> bytes:
@@ -236,7 +233,7 @@ def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int 
                 except ValueError:
                     size = -1
                 if size < 0:
-                    raise _bad(f"malformed chunk size line in a chunked body: {line[:40]!r}")
+                    raise invalid_argument(f"malformed chunk size line in a chunked body: {line[:40]!r}")
                 if size == 0:
                     break
                 total += size
@@ -244,13 +241,13 @@ def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int 
                     raise _too_large(total, max_body_bytes, "at least ")
                 chunk = self.rfile.read(size)
                 if len(chunk) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
-                    raise _bad("a chunk of the chunked body is truncated or not followed by CRLF")
+                    raise invalid_argument("a chunk of the chunked body is truncated or not followed by CRLF")
                 parts.append(chunk)
             for _ in range(100):  # trailer fields, then the empty line
                 if self.rfile.readline(8192) in (b"\r\n", b"\n", b""):
                     self.close_connection = False
                     return b"".join(parts)
-            raise _bad("too many trailer fields after a chunked body")
+            raise invalid_argument("too many trailer fields after a chunked body")
 
         def _handle(self, method: str) -> None:
             def answer(deadline):
@@ -326,10 +323,10 @@ def _post(service, verb: str, spec: dict, raw: bytes, deadline: float | None = N
     version = service.resolve(**spec)
     name = signature_name or DEFAULT_SIGNATURE
     if name not in version.signature_defs:
-        raise _bad(f'Serving signature name: "{name}" not found in signature def')
+        raise invalid_argument(f'Serving signature name: "{name}" not found in signature def')
     tensor_infos = version.signature_defs[name].inputs
     if not tensor_infos:
-        raise _bad(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
+        raise invalid_argument(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
     booleans = b"true" in raw or b"false" in raw  # else numpy may build numeric arrays directly
     inputs, row_format = json_codec.predict_inputs(document, tensor_infos, booleans)
     _, outputs = service.predict_arrays(version, name, inputs, deadline=deadline)
