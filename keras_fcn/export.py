@@ -217,6 +217,7 @@ def export_saved_model(
     tolerance: float | None = None,
     reference=None,
     probe_data: tuple | None = None,
+    min_class_agreement: float | None = None,
     verbose: bool = True,
 ) -> ExportResult:
     """Writes `model` as SavedModel version `base_path/<version>` with TF Serving signatures.
@@ -238,6 +239,8 @@ def export_saved_model(
         probe_data: `(images, masks)` for that measure (uint8 `(N, H, W, 3)`, class ids `(N, H, W)`,
             or lists of such arrays of varying sizes); with masks, the mean IU of both is compared.
             Default: the random probe image, scored against the reference's class ids.
+        min_class_agreement: with `reference`, the smallest fraction of `probe_data` pixels whose class
+            id must equal the reference's; below it nothing is exported. None: no such limit.
         verbose: print the path and the largest difference found by the check.
 
     Returns:
@@ -246,7 +249,8 @@ def export_saved_model(
     Raises:
         ValueError: on a bad version, class name count, pixel limit or tolerance, when the version
             exists or another export is writing it, or when the reloaded SavedModel differs from
-            the model by more than `tolerance` (the base path is then left as it was).
+            the model by more than `tolerance`, or agrees with `reference` on fewer pixels than
+            `min_class_agreement` (the base path is then left as it was).
 
     Example:
     >>> result = export_saved_model(model, "models/fcn")  # doctest: +SKIP
@@ -274,6 +278,12 @@ def export_saved_model(
         tolerance = LOW_PRECISION_TOLERANCE if low_precision else DEFAULT_TOLERANCE
     if not tolerance >= 0:
         raise ValueError(f"tolerance must be a non-negative number. Received: tolerance={tolerance}")
+    if min_class_agreement is not None and (reference is None or not 0 <= min_class_agreement <= 1):
+        raise ValueError(
+            "min_class_agreement must be a fraction in [0, 1] and needs the `reference` model. "
+            f"Received: min_class_agreement={min_class_agreement}, "
+            f"reference={'None' if reference is None else 'a model'}"
+        )
 
     made_base_path = not os.path.isdir(base_path)
     os.makedirs(base_path, exist_ok=True)
@@ -311,6 +321,12 @@ def export_saved_model(
                 f"the reloaded SavedModel differs from the model by {difference:.3g} in probability "
                 f"(more than tolerance={tolerance}); version {version} was not exported. "
                 f"Received: tolerance={tolerance}"
+            )
+        if min_class_agreement is not None and not report["class_agreement"] >= min_class_agreement:
+            raise ValueError(
+                f"the exported model's class ids equal the float32 model's on {100 * report['class_agreement']:.2f}% "
+                f"of {report['pixels']} pixels (fewer than min_class_agreement); version {version} was not exported. "
+                f"Received: min_class_agreement={min_class_agreement}"
             )
         os.chmod(tmp_path, 0o755)  # servers may run as another user
         # Only exporters holding the reservation write this version; this catches anyone else

@@ -1,6 +1,7 @@
 """Low precision end to end: the machine's choice, the rebuilt model, and its agreement with float32."""
 
 import json
+import os
 
 import keras
 import numpy as np
@@ -125,6 +126,36 @@ def test_cli_precision_flags(trained, tmp_path, capsys):
     assert cli.main(["predict", *args, str(path), "--output", str(tmp_path / "out"), "--precision", "auto"]) == 0
     assert (tmp_path / "out" / "image_classes.png").exists()
     assert "--precision auto: computing in" in capsys.readouterr().err
+
+
+def test_cli_export_checks_on_labelled_data(trained, tmp_path, capsys):
+    model, _, _ = trained
+    model.save(tmp_path / "m.keras")
+    export = ["export", "--model", str(tmp_path / "m.keras"), "--output", str(tmp_path / "serving")]
+    check = ["--check-data", "synthetic:5", "--data-option", "image_size=[48,48]", "--check-limit", "4"]
+    assert cli.main([*export, "--precision", "bfloat16", *check]) == 0
+    out = capsys.readouterr().out
+    # 4 labelled images of 48x48, scored against the masks: the mean IU of both models is printed.
+    assert f"of {4 * 48 * 48} probe pixels" in out and "vs float32" in out
+    # float32 has nothing to compare with; a threshold without data has nothing to measure.
+    assert cli.main([*export, *check]) == 2
+    assert cli.main([*export, "--precision", "bfloat16", "--min-class-agreement", "0.9"]) == 2
+    assert "--check-data" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "serving")) == ["1"]
+
+
+def test_export_refuses_below_min_class_agreement(trained, tmp_path):
+    model, images, masks = trained
+    keras.utils.set_random_seed(1)
+    untrained = keras_fcn.fcn8s(NUM_CLASSES, dropout=0.0, backbone_filters=(8, 16, 16, 32, 32), fc_units=32)
+    low = with_precision(model, "bfloat16")
+    base = tmp_path / "m"
+    with pytest.raises(ValueError, match=r"Received: min_class_agreement=0\.995"):
+        # Compared with another model, the class ids disagree: nothing is exported.
+        export_saved_model(low, str(base), reference=untrained, probe_data=(images, masks), min_class_agreement=0.995)
+    assert not base.exists()
+    with pytest.raises(ValueError, match="needs the `reference` model"):
+        export_saved_model(low, str(base), min_class_agreement=0.995)
 
 
 def test_rebuilt_outputs_are_close_to_float32():

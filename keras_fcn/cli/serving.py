@@ -9,10 +9,15 @@ from keras_fcn.cli.common import (
     CommandError,
     add_precision_flag,
     class_names_for,
+    data_options,
     load_model,
     low_precision,
     with_precision,
 )
+
+# With --check-data, a low-precision export whose class ids differ from the float32 model's on more
+# pixels than this is refused (bfloat16 keeps 8 mantissa bits; a trained FCN's argmax rarely moves).
+DEFAULT_MIN_CLASS_AGREEMENT = 0.995
 
 
 def add_export(verbs) -> None:
@@ -54,6 +59,22 @@ def add_export(verbs) -> None:
         "(default: 1e-4, 5e-2 for float16/bfloat16 models)",
     )
     add_precision_flag(parser)
+    parser.add_argument(
+        "--check-data", metavar="SPEC",
+        help="with --precision bfloat16/float16 (saved_model): labelled images (a data spec, e.g. "
+        "voc:VOCdevkit/VOC2012 or synthetic:16) on which the check compares the exported model with the float32 "
+        "model: class-id agreement and mean IU of both (default: one random probe image, no labels)",
+    )  # fmt: skip
+    parser.add_argument("--check-split", default="val", help="split of --check-data (default: val)")
+    parser.add_argument("--check-limit", type=int, default=16, help="images of --check-data used (default: 16)")
+    parser.add_argument("--seed", type=int, default=0, help="base seed of synthetic --check-data")
+    parser.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="an option of the --check-data source, e.g. image_size=[96,96]")  # fmt: skip
+    parser.add_argument(
+        "--min-class-agreement", type=float, default=None, metavar="FRACTION",
+        help="with --check-data: the smallest fraction of pixels whose class id must equal the float32 model's; "
+        f"below it nothing is exported (default: {DEFAULT_MIN_CLASS_AGREEMENT})",
+    )  # fmt: skip
     parser.set_defaults(run=_run_export)
 
 
@@ -63,15 +84,27 @@ def _run_export(args) -> int:
 
     if args.format != "saved_model":
         given = [flag for flag, value in (("--version", args.version), ("--max-decoded-pixels",
-                 args.max_decoded_pixels)) if value is not None]  # fmt: skip
+                 args.max_decoded_pixels), ("--check-data", args.check_data)) if value is not None]  # fmt: skip
         if args.format == "litert" and args.class_names:
             given.append("--class-names")
         if given:
             raise CommandError(f"{', '.join(given)} cannot be used with --format {args.format}")
+    if args.min_class_agreement is not None and not args.check_data:
+        raise CommandError("--min-class-agreement needs --check-data")
     reference = load_model(args.model)
     model = with_precision(reference, args.precision)
     # The check measures a low-precision export against the float32 model it came from.
     compare = {"reference": reference} if low_precision(model) else {}
+    if args.check_data:
+        if not compare:
+            raise CommandError(
+                "--check-data compares a --precision bfloat16/float16 export with the float32 model; this export "
+                f"computes in float32. Received: --precision {args.precision}"
+            )
+        compare["probe_data"] = _check_data(args, int(model.output_shape[-1]))
+        compare["min_class_agreement"] = (
+            DEFAULT_MIN_CLASS_AGREEMENT if args.min_class_agreement is None else args.min_class_agreement
+        )
     class_names = None
     if args.class_names:
         try:
@@ -96,6 +129,27 @@ def _run_export(args) -> int:
     except (ValueError, OSError, ImportError) as error:
         raise CommandError(str(error)) from error
     return 0
+
+
+def _check_data(args, num_classes: int) -> tuple[list, list]:
+    """The first `--check-limit` (image, mask) pairs of `--check-data`, as numpy arrays."""
+    from keras_fcn.data import DataError, data_errors, from_spec
+
+    if args.check_limit < 1:
+        raise CommandError(f"--check-limit must be positive. Received: --check-limit {args.check_limit}")
+    try:
+        source = from_spec(
+            args.check_data, args.check_split, num_classes=num_classes, seed=args.seed,
+            **data_options(args.data_option),
+        )  # fmt: skip
+        with data_errors():
+            pairs = [(image.numpy(), mask.numpy()) for image, mask in source.dataset().take(args.check_limit)]
+    except (DataError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    if not pairs:
+        raise CommandError(f"--check-data holds no images. Received: --check-data {args.check_data}")
+    images, masks = zip(*pairs, strict=True)
+    return list(images), list(masks)
 
 
 def add_serve(verbs) -> None:
