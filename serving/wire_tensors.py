@@ -88,13 +88,19 @@ def make_ndarray(proto: TensorProto) -> np.ndarray:
 
     Raises:
         ValueError: for a DataType without a numpy dtype here (bfloat16, quantized, resource, variant),
-            a negative dimension, `tensor_content` of the wrong size, or more values than the shape holds.
+            a negative dimension, `tensor_content` of the wrong size (or of a string tensor), or more values
+            than the shape holds.
     """
     shape = [dim.size for dim in proto.tensor_shape.dim]
     if any(size < 0 for size in shape):
         raise ValueError(f"a tensor's dimensions cannot be negative. Received: shape={shape}")
     elements = int(np.prod(shape, dtype=np.int64))
     if proto.dtype == _STRING:
+        if proto.tensor_content:  # TensorFlow's own string encoding, which TF Serving does not answer with
+            raise ValueError(
+                f"string tensors are read from string_val. Received: {len(proto.tensor_content)} bytes of "
+                "tensor_content"
+            )
         values = list(proto.string_val)
         dtype = np.dtype(object)
     elif proto.dtype in _BY_NUMBER:

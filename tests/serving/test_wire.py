@@ -223,6 +223,8 @@ def _float_tensor(**fields) -> bytes:
          r"more values than the shape \[\] holds. Received: 2 values"),
         (_float_tensor(tensor_content=bytes(11)), r"needs 12 bytes. Received: len\(tensor_content\)=11"),
         (_float_tensor(shape=-1), r"cannot be negative. Received: shape=\[-1\]"),
+        (tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_content=b"ab").SerializeToString(),
+         "string tensors are read from string_val. Received: 2 bytes of tensor_content"),
         (tensor_pb2.TensorProto(dtype=types_pb2.DT_BFLOAT16, half_val=[1]).SerializeToString(),
          "no numpy dtype for this tensor's DataType here. Received: dtype=14"),
         (tensor_pb2.TensorProto(dtype=types_pb2.DT_COMPLEX64, scomplex_val=[1, 2, 3]).SerializeToString(),
