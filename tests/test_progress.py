@@ -1,4 +1,4 @@
-"""Long verbs show a progress bar (Keras's Progbar) on stdout; `--quiet` silences it."""
+"""Long verbs show a progress bar on stdout (Keras's Progbar; `query` its own, free of Keras); `--quiet` hides it."""
 
 from __future__ import annotations
 

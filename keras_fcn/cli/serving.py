@@ -4,6 +4,8 @@ server, and a gRPC client."""
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 from keras_fcn.cli.common import (
     CommandError,
@@ -304,10 +306,30 @@ def add_query(verbs) -> None:
     parser.set_defaults(run=_run_query)
 
 
-def _run_query(args) -> int:
+class _Progress:
+    """`done/total images, seconds` on one line rewritten in place (a line per image when not a terminal).
 
+    Keras's Progbar would import TensorFlow, which the query verb does not otherwise need.
+    """
+
+    def __init__(self, total: int, verbose: bool):
+        self.total, self.verbose, self.done = total, verbose, 0
+        self.started = time.monotonic()
+        self.in_place = sys.stdout.isatty()
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if not self.verbose:
+            return
+        seconds = time.monotonic() - self.started
+        line = f"{self.done}/{self.total} images, {seconds:.1f} s ({1000 * seconds / self.done:.0f} ms/image)"
+        end = "\n" if not self.in_place or self.done == self.total else ""
+        print(f"\r{line}" if self.in_place else line, end=end, flush=True)
+
+
+def _run_query(args) -> int:
+    # Only light modules: the client speaks TF Serving's protocol without loading TensorFlow.
     import grpc
-    import keras
     import numpy as np
 
     from keras_fcn.serving.client import FCNClient, tls_credentials
@@ -326,7 +348,7 @@ def _run_query(args) -> int:
     elif args.tls_server_name:
         raise CommandError("--tls-server-name needs --tls or --tls-ca")
     os.makedirs(args.output, exist_ok=True)
-    progress = keras.utils.Progbar(len(args.images), unit_name="image", verbose=int(not args.quiet))
+    progress = _Progress(len(args.images), verbose=not args.quiet)
     report = []  # printed after the progress bar, which would break the lines up
     with FCNClient(
         args.address,

@@ -1,0 +1,152 @@
+"""TF Serving's Predict messages, built with the protobuf runtime so that a client loads no TensorFlow.
+
+`tensorflow-serving-api`'s modules import `tensorflow.core.framework`, which runs TensorFlow's whole
+start-up (about 3 s) before the first request. The few messages a Predict call needs are declared here
+instead: `tensorflow.serving.ModelSpec`, `PredictRequest`, `PredictResponse`, `tensorflow.TensorProto`,
+`TensorShapeProto` and the `DataType` enum, with the names, field numbers, types, labels and packing of
+TensorFlow's `tensor.proto`, `tensor_shape.proto`, `types.proto` and TF Serving's `model.proto`,
+`predict.proto` (`tests/serving/test_wire.py` compares them with the official descriptors). Fields a
+client never sets or reads (`TensorProto.resource_handle_val`, `PredictRequest.request_options`, the
+DataTypes without a numpy equivalent, ...) are left out; protobuf keeps such fields of a reply as
+unknown fields. The messages live in a pool of their own, so they never clash with TensorFlow's
+definitions of the same names when both are loaded in one process; a message of one pool does not
+`CopyFrom` the other's, but their bytes are the same.
+
+Example:
+>>> request = PredictRequest()
+>>> request.model_spec.name = "fcn"
+>>> request.model_spec.version.value = 3
+>>> PredictRequest.FromString(request.SerializeToString()).model_spec.version.value
+3
+"""
+
+from __future__ import annotations
+
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+
+_F = descriptor_pb2.FieldDescriptorProto
+_SCALARS = {
+    "int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64, "uint32": _F.TYPE_UINT32, "uint64": _F.TYPE_UINT64,
+    "float": _F.TYPE_FLOAT, "double": _F.TYPE_DOUBLE, "bool": _F.TYPE_BOOL, "string": _F.TYPE_STRING,
+    "bytes": _F.TYPE_BYTES,
+}  # fmt: skip
+
+# tensorflow/core/framework/types.proto, the values with a numpy dtype (and DT_INVALID, proto3's default).
+_DATA_TYPES = [
+    ("DT_INVALID", 0), ("DT_FLOAT", 1), ("DT_DOUBLE", 2), ("DT_INT32", 3), ("DT_UINT8", 4), ("DT_INT16", 5),
+    ("DT_INT8", 6), ("DT_STRING", 7), ("DT_COMPLEX64", 8), ("DT_INT64", 9), ("DT_BOOL", 10),
+    ("DT_UINT16", 17), ("DT_COMPLEX128", 18), ("DT_HALF", 19), ("DT_UINT32", 22), ("DT_UINT64", 23),
+]  # fmt: skip
+
+# {file: (package, dependencies, {message: [(field, number, type, repeated, oneof)]})}. A type starting
+# with "." is a message, "enum:" an enum; "map:" a map<string, message> field. Repeated numbers are
+# `[packed = true]` upstream (proto3 packs them anyway; the flag is written as upstream writes it).
+_FILES = {
+    "keras_fcn/serving/tensorflow_tensor.proto": ("tensorflow", [], {
+        "TensorShapeProto": [("dim", 2, ".tensorflow.TensorShapeProto.Dim", True, None),
+                             ("unknown_rank", 3, "bool", False, None)],
+        "TensorShapeProto.Dim": [("size", 1, "int64", False, None), ("name", 2, "string", False, None)],
+        "TensorProto": [
+            ("dtype", 1, "enum:.tensorflow.DataType", False, None),
+            ("tensor_shape", 2, ".tensorflow.TensorShapeProto", False, None),
+            ("version_number", 3, "int32", False, None), ("tensor_content", 4, "bytes", False, None),
+            ("half_val", 13, "int32", True, None), ("float_val", 5, "float", True, None),
+            ("double_val", 6, "double", True, None), ("int_val", 7, "int32", True, None),
+            ("string_val", 8, "bytes", True, None), ("scomplex_val", 9, "float", True, None),
+            ("int64_val", 10, "int64", True, None), ("bool_val", 11, "bool", True, None),
+            ("dcomplex_val", 12, "double", True, None), ("uint32_val", 16, "uint32", True, None),
+            ("uint64_val", 17, "uint64", True, None), ("float8_val", 18, "bytes", False, None),
+        ],
+    }),
+    "keras_fcn/serving/tensorflow_serving_predict.proto": (
+        "tensorflow.serving",
+        ["google/protobuf/wrappers.proto", "keras_fcn/serving/tensorflow_tensor.proto"],
+        {
+            "ModelSpec": [
+                ("name", 1, "string", False, None),
+                ("version", 2, ".google.protobuf.Int64Value", False, "version_choice"),
+                ("version_label", 4, "string", False, "version_choice"),
+                ("signature_name", 3, "string", False, None),
+            ],
+            "PredictRequest": [
+                ("model_spec", 1, ".tensorflow.serving.ModelSpec", False, None),
+                ("inputs", 2, "map:.tensorflow.TensorProto", True, None),
+                ("output_filter", 3, "string", True, None),
+            ],
+            "PredictResponse": [
+                ("model_spec", 2, ".tensorflow.serving.ModelSpec", False, None),
+                ("outputs", 1, "map:.tensorflow.TensorProto", True, None),
+            ],
+        },
+    ),
+}  # fmt: skip
+
+
+def _add_field(message: descriptor_pb2.DescriptorProto, package: str, spec: tuple) -> None:
+    name, number, kind, repeated, oneof = spec
+    label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
+    field = message.field.add(name=name, number=number, label=label)
+    if kind.startswith("map:"):  # a nested `<Name>Entry {key = 1; value = 2}` message marked map_entry
+        entry = message.nested_type.add(name="".join(part.title() for part in name.split("_")) + "Entry")
+        entry.options.map_entry = True
+        entry.field.add(name="key", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
+        entry.field.add(name="value", number=2, label=_F.LABEL_OPTIONAL, type=_F.TYPE_MESSAGE, type_name=kind[4:])
+        field.type, field.type_name = _F.TYPE_MESSAGE, f".{package}.{message.name}.{entry.name}"
+    elif kind.startswith("enum:"):
+        field.type, field.type_name = _F.TYPE_ENUM, kind[5:]
+    elif kind.startswith("."):
+        field.type, field.type_name = _F.TYPE_MESSAGE, kind
+    else:
+        field.type = _SCALARS[kind]
+        if repeated and kind not in ("string", "bytes"):
+            field.options.packed = True
+    if oneof:
+        names = [decl.name for decl in message.oneof_decl]
+        if oneof not in names:
+            message.oneof_decl.add(name=oneof)
+            names.append(oneof)
+        field.oneof_index = names.index(oneof)
+
+
+def _build_pool() -> descriptor_pool.DescriptorPool:
+    # A pool of our own: TensorFlow registers `tensorflow.TensorProto` in the default pool.
+    pool = descriptor_pool.DescriptorPool()
+    wrappers = descriptor_pb2.FileDescriptorProto()
+    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)  # google.protobuf.Int64Value, for ModelSpec.version
+    pool.Add(wrappers)
+    for file_name, (package, dependencies, messages) in _FILES.items():
+        file = descriptor_pb2.FileDescriptorProto(
+            name=file_name, package=package, syntax="proto3", dependency=dependencies
+        )
+        if package == "tensorflow":
+            data_type = file.enum_type.add(name="DataType")
+            for value_name, number in _DATA_TYPES:
+                data_type.value.add(name=value_name, number=number)
+        protos = {}
+        for path, fields in messages.items():
+            parent, _, name = path.rpartition(".")
+            container = protos[parent].nested_type if parent else file.message_type
+            protos[path] = container.add(name=name)
+            for spec in fields:
+                _add_field(protos[path], package, spec)
+        pool.Add(file)
+    return pool
+
+
+_POOL = _build_pool()
+
+
+def _message_class(full_name: str):
+    return message_factory.GetMessageClass(_POOL.FindMessageTypeByName(full_name))
+
+
+TensorShapeProto = _message_class("tensorflow.TensorShapeProto")
+TensorProto = _message_class("tensorflow.TensorProto")
+ModelSpec = _message_class("tensorflow.serving.ModelSpec")
+PredictRequest = _message_class("tensorflow.serving.PredictRequest")
+PredictResponse = _message_class("tensorflow.serving.PredictResponse")
+# {"DT_FLOAT": 1, ...}: the DataType numbers of the dtypes declared above.
+DATA_TYPES = {value.name: value.number for value in _POOL.FindEnumTypeByName("tensorflow.DataType").values}
+
+# The gRPC method of `tensorflow.serving.PredictionService` (prediction_service.proto).
+PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
