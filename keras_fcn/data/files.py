@@ -7,6 +7,7 @@ which file and which values: 0/255 binary masks, RGB colour masks, class counts 
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -24,19 +25,34 @@ class DataError(ValueError):
     """A problem with the data on disk (missing folder, unreadable file, bad mask); names the file."""
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, contents: bytes | None = None) -> np.ndarray:
     """Reads an image file as uint8 RGB `(H, W, 3)`; grayscale and RGBA are converted.
+
+    Args:
+        path: the file.
+        contents: the file's bytes when already read (`path` then only names it in errors).
 
     Raises:
         DataError: if the file is missing or not an image.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path if contents is None else io.BytesIO(contents)) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"Image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"Cannot read image file {path}: {error}") from None
+
+
+def read_bytes(path: str, what: str = "Image") -> bytes:
+    """The bytes of a file; raises `DataError` ("Image file not found: ...") if it is missing."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise DataError(f"{what} file not found: {path}") from None
+    except OSError as error:
+        raise DataError(f"Cannot read {what.lower()} file {path}: {error}") from None
 
 
 def read_mask(path: str) -> np.ndarray:
