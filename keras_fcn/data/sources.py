@@ -17,6 +17,7 @@ share of the examples.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -192,7 +193,8 @@ class FileSource(IndexedSource):
             except DataError as error:
                 return error
             except tf.errors.OpError as error:
-                reason = (error.message or "").strip().splitlines()[-1]
+                # "{{function_node ...DecodePng...}} Invalid PNG data, size 3517 [Op:DecodePng] name: "
+                reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message or "").strip()
                 return DataError(f"Cannot read image file {image_path}: {reason}")
         return None
 
