@@ -23,14 +23,13 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_fcn.data.decode import decode_image
+from keras_fcn.data.decode import decode_image, read_for_tensorflow
 from keras_fcn.data.files import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
     DataError,
     check_mask,
     check_sizes,
-    read_bytes,
     read_id_list,
     read_image,
     read_mask,
@@ -161,25 +160,24 @@ class FileSource(IndexedSource):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path)
-        return image, self._read_mask(index, image.shape)
+        return image, self._read_mask(index, image.shape[:2])
 
-    def _read_mask(self, index: int, image_shape) -> np.ndarray:
+    def _read_mask(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
         image_path, mask_path = self.pairs[index]
         mask = read_mask(mask_path)
-        check_sizes(np.empty(tuple(image_shape[:2]) + (0,), np.uint8), mask, image_path, mask_path)
+        check_sizes(np.empty(tuple(image_size) + (0,), np.uint8), mask, image_path, mask_path)
         return check_mask(mask, self.num_classes, mask_path)
 
     def _decode(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         # JPEG and PNG images are decoded by TensorFlow (in parallel, outside the GIL); the masks stay with
-        # Pillow, which gives palette indices rather than colours, and reads `.mat` files.
-        contents = tf.numpy_function(lambda i: read_bytes(self.pairs[i][0]), [index], tf.string, stateful=False)
-        image = decode_image(tf.reshape(contents, ()), tf.gather(self._image_paths, index))
-        mask = tf.numpy_function(self._read_mask, [index, tf.shape(image)], tf.uint8, stateful=False)
-        return image, tf.ensure_shape(mask, (None, None))
+        # Pillow, which gives palette indices rather than colours, and reads `.mat` files. One Python call
+        # per example reads the image's bytes and size (from its header) and reads and checks the mask.
+        def read(index):
+            contents, size = read_for_tensorflow(self.pairs[index][0])
+            return contents, self._read_mask(index, size)
 
-    @property
-    def _image_paths(self) -> tf.Tensor:
-        return tf.constant([image for image, _ in self.pairs])
+        contents, mask = tf.numpy_function(read, [index], (tf.string, tf.uint8), stateful=False)
+        return decode_image(tf.reshape(contents, ())), tf.ensure_shape(mask, (None, None))
 
     def find_undecodable(self) -> DataError | None:
         """The first image that the TensorFlow decoding of `dataset()` rejects, as a `DataError` naming it.
@@ -189,7 +187,7 @@ class FileSource(IndexedSource):
         """
         for image_path, _ in self.pairs:
             try:
-                decode_image(tf.constant(read_bytes(image_path)), tf.constant(image_path))
+                decode_image(tf.constant(read_for_tensorflow(image_path)[0]))
             except DataError as error:
                 return error
             except tf.errors.OpError as error:
