@@ -44,15 +44,15 @@ def read_image(path: str, contents: bytes | None = None) -> np.ndarray:
         raise DataError(f"Cannot read image file {path}: {error}") from None
 
 
-def read_bytes(path: str, what: str = "Image") -> bytes:
-    """The bytes of a file; raises `DataError` ("Image file not found: ...") if it is missing."""
+def read_bytes(path: str) -> bytes:
+    """The bytes of an image file; raises `DataError` ("Image file not found: ...") if it is missing."""
     try:
         with open(path, "rb") as handle:
             return handle.read()
     except FileNotFoundError:
-        raise DataError(f"{what} file not found: {path}") from None
+        raise DataError(f"Image file not found: {path}") from None
     except OSError as error:
-        raise DataError(f"Cannot read {what.lower()} file {path}: {error}") from None
+        raise DataError(f"Cannot read image file {path}: {error}") from None
 
 
 def read_mask(path: str) -> np.ndarray:
@@ -145,12 +145,13 @@ def check_mask(mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     return mask
 
 
-def check_sizes(image: np.ndarray, mask: np.ndarray, image_path: str, mask_path: str) -> None:
-    """Raises `DataError` naming both files if the image and mask sizes differ."""
-    if image.shape[:2] != mask.shape[:2]:
+def check_sizes(image_size: tuple[int, int], mask_size: tuple[int, int], image_path: str, mask_path: str) -> None:
+    """Raises `DataError` naming both files if the image and mask sizes `(H, W)` differ."""
+    image_size, mask_size = tuple(int(n) for n in image_size), tuple(int(n) for n in mask_size)
+    if image_size != mask_size:
         raise DataError(
             f"Image {image_path} and mask {mask_path} differ in size. "
-            f"Received: image (H, W)={image.shape[:2]}, mask (H, W)={mask.shape[:2]}"
+            f"Received: image (H, W)={image_size}, mask (H, W)={mask_size}"
         )
 
 

@@ -165,7 +165,7 @@ class FileSource(IndexedSource):
     def _read_mask(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
         image_path, mask_path = self.pairs[index]
         mask = read_mask(mask_path)
-        check_sizes(np.empty(tuple(image_size) + (0,), np.uint8), mask, image_path, mask_path)
+        check_sizes(image_size, mask.shape, image_path, mask_path)
         return check_mask(mask, self.num_classes, mask_path)
 
     def _decode(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
