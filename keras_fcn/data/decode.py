@@ -64,4 +64,3 @@ def decode_image(contents: tf.Tensor) -> tf.Tensor:
     """Decodes JPEG or PNG bytes (from `read_for_tensorflow`) as uint8 RGB `(H, W, 3)`; graph-compatible."""
     image = tf.io.decode_jpeg(contents, channels=3, dct_method="INTEGER_ACCURATE")  # PNG too, by content
     return tf.ensure_shape(image, (None, None, 3))
-
