@@ -235,7 +235,7 @@ def train_recipe(name: str, config: TrainConfig | None = None, **overrides) -> R
     source = from_spec(
         config.val_data, config.val_split, num_classes=config.num_classes, seed=config.seed, **config.data_options
     )
-    with data_errors():
+    with data_errors(source):
         scores = evaluate(result.model, source, config.num_classes)
     if config.verbose:
         print(f"keras_fcn: {name}, final model on {source.name} ({scores['num_images']} images):")

@@ -4,6 +4,7 @@ python distributed_worker.py mirrored OUT_DIR     # 2 logical CPUs: mirrored run
 python distributed_worker.py multi-worker OUT_DIR # one worker of a cluster given by TF_CONFIG
 """
 
+import json
 import os
 import sys
 
@@ -41,12 +42,19 @@ def main(mode, out):
         single = train(**tiny(os.path.join(out, "single"), **same_data))
         save(single, os.path.join(out, "single.npz"))
     else:
+        from keras_fcn.data.synthetic import SyntheticShapes
         from keras_fcn.training import train
 
-        result = train(**tiny(os.path.join(out, "run"), strategy="multi-worker"))
+        # Record which examples this worker decodes. 64 examples: one epoch is 32 per worker, more than the
+        # 2 steps x 2 examples and what the pipeline reads ahead, so a worker never reaches a second epoch.
+        loaded, load = [], SyntheticShapes.load
+        SyntheticShapes.load = lambda self, i: loaded.append(int(i)) or load(self, i)
+        result = train(**tiny(os.path.join(out, "run"), strategy="multi-worker", train_data="synthetic:64"))
         index = result.model.distribute_strategy.cluster_resolver.task_id
         print("replicas", result.model.distribute_strategy.num_replicas_in_sync, flush=True)
         save(result, os.path.join(out, f"worker{index}.npz"))
+        with open(os.path.join(out, f"loaded{index}.json"), "w") as handle:
+            json.dump(loaded, handle)
 
 
 if __name__ == "__main__":

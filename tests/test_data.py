@@ -252,6 +252,25 @@ def test_tfds_examples_are_shuffled_each_epoch_and_seeded():
     assert first != list(range(12)) and unshuffled == list(range(12))
 
 
+def test_tfds_shard_reads_an_even_slice_of_the_split():
+    import tensorflow_datasets as tfds
+
+    examples = pet_examples(6)
+    splits = []
+
+    def as_dataset(self, split, *args, **kwargs):
+        splits.append(split)
+        return tf.data.Dataset.from_tensor_slices({"image": np.stack([e["image"] for e in examples]),
+                                                   "segmentation_mask": np.stack([e["segmentation_mask"]
+                                                                                  for e in examples])})  # fmt: skip
+
+    with tfds.testing.mock_data(as_dataset_fn=as_dataset):
+        source = data.tfds("oxford_iiit_pet", "train[:50%]")
+        source.dataset(shard=(1, 3))
+    # TFDS itself reads the slice, before decoding; the mock only sees which one was asked for.
+    assert splits == [tfds.even_splits("train[:50%]", n=3)[1]]
+
+
 # ---------------------------------------------------------------------------------------------------
 # synthetic data and specs
 # ---------------------------------------------------------------------------------------------------

@@ -71,6 +71,12 @@ def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
     first, second = weights(tmp_path / "worker0.npz"), weights(tmp_path / "worker1.npz")
     for a, b in zip(first, second, strict=True):
         np.testing.assert_array_equal(a, b)
+    # Each worker decoded only its own share. The synthetic examples fit the in-memory cache, so each
+    # worker decodes (and caches) the indices k, k + 2, k + 4, ... once, and shuffles them after the cache.
+    for k in range(2):
+        indices = json.loads((tmp_path / f"loaded{k}.json").read_text())
+        assert len(indices) >= 4 and len(set(indices)) == len(indices)  # 2 steps x 2 examples, no repeats
+        assert [i % 2 for i in indices] == [k] * len(indices), indices
     # the chief wrote the run's files; the other worker its own scratch copy
     assert os.path.exists(tmp_path / "run" / "final.keras")
     assert os.path.exists(tmp_path / "run" / "workers" / "worker_1" / "config.json")

@@ -177,3 +177,53 @@ def test_padding_uses_the_mean_it_is_given():
         padded = masks.numpy() == 255
         assert padded.sum() > 0
         np.testing.assert_allclose(CaffePreprocessing(REFERENCE_BGR_MEAN)(images).numpy()[padded], 0.0, atol=1e-4)
+
+
+class Counted(Painted):
+    """Painted examples that record which indices were loaded (decoded)."""
+
+    def __init__(self, count=10):
+        super().__init__(count=count)
+        self.loaded = []
+
+    def load(self, index):
+        self.loaded.append(index)
+        return super().load(index)
+
+
+@pytest.mark.parametrize("repeat", [False, True])
+def test_shards_decode_only_their_share_and_together_make_the_unsharded_epoch(repeat):
+    settings = dict(batch_size=1, crop_size=24, seed=5, cache=False, repeat=repeat)
+    whole = batches(data.make_dataset(Counted(count=9), **settings), 9)
+    order = list(Counted(count=9).indices(shuffle=True, seed=5).as_numpy_iterator())
+    assert sorted(order) == list(range(9)) and order != list(range(9))
+    for k in range(3):
+        source = Counted(count=9)
+        share = batches(data.make_dataset(source, shard=(k, 3), **settings), 3)
+        # The examples at positions k, k + 3, k + 6 of the unsharded epoch, with their augmentation.
+        for (x, y), (want_x, want_y) in zip(share, whole[k::3], strict=True):
+            np.testing.assert_array_equal(x, want_x)
+            np.testing.assert_array_equal(y, want_y)
+        if not repeat:  # (a repeating pipeline may read ahead into its next epoch)
+            assert sorted(source.loaded) == sorted(order[k::3])
+
+
+def test_cached_shards_decode_and_yield_their_share_once():
+    for k in range(2):
+        source = Counted(count=7)
+        dataset = data.make_dataset(source, batch_size=1, augment_data=False, seed=1, shard=(k, 2), cache=True)
+        first, second = batches(dataset, 7), batches(dataset, 7)
+        assert sorted(source.loaded) == list(range(k, 7, 2))  # decoded once, then read from the cache
+        want = sorted(Painted(count=7).load(i)[1].tobytes() for i in range(k, 7, 2))
+        for epoch in (first, second):
+            assert sorted(y[0].tobytes() for _, y in epoch) == want
+        assert [y.tobytes() for _, y in first] != [y.tobytes() for _, y in second]  # reshuffled
+
+
+def test_shard_arguments():
+    with pytest.raises(ValueError, match=r"Received: shard=\(2, 2\)"):
+        data.make_dataset(Painted(), shard=(2, 2), seed=0)
+    with pytest.raises(ValueError, match="Received: shard=3"):
+        data.make_dataset(Painted(), shard=3, seed=0)
+    with pytest.raises(ValueError, match="Received: seed=None"):
+        data.make_dataset(Painted(), shard=(0, 2))

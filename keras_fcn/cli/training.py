@@ -174,7 +174,7 @@ def run_evaluate(args) -> int:
         source = from_spec(
             args.data, args.split, num_classes=num_classes, seed=args.seed, **data_options(args.data_option)
         )
-        with data_errors():
+        with data_errors(source):
             result = evaluate(model, source, num_classes, limit=args.limit, verbose=not args.quiet)
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None

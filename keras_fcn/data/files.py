@@ -7,6 +7,7 @@ which file and which values: 0/255 binary masks, RGB colour masks, class counts 
 
 from __future__ import annotations
 
+import io
 import os
 
 import numpy as np
@@ -24,18 +25,33 @@ class DataError(ValueError):
     """A problem with the data on disk (missing folder, unreadable file, bad mask); names the file."""
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, contents: bytes | None = None) -> np.ndarray:
     """Reads an image file as uint8 RGB `(H, W, 3)`; grayscale and RGBA are converted.
+
+    Args:
+        path: the file.
+        contents: the file's bytes when already read (`path` then only names it in errors).
 
     Raises:
         DataError: if the file is missing or not an image.
     """
     try:
-        with Image.open(path) as image:
+        with Image.open(path if contents is None else io.BytesIO(contents)) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"Image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise DataError(f"Cannot read image file {path}: {error}") from None
+
+
+def read_bytes(path: str) -> bytes:
+    """The bytes of an image file; raises `DataError` ("Image file not found: ...") if it is missing."""
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise DataError(f"Image file not found: {path}") from None
+    except OSError as error:
         raise DataError(f"Cannot read image file {path}: {error}") from None
 
 
@@ -105,7 +121,12 @@ def check_mask(mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     Returns:
         `mask`, unchanged.
     """
-    values, counts = np.unique(mask, return_counts=True)
+    if mask.dtype == np.uint8:  # a histogram: ~15x faster than np.unique's sort at 500x375
+        counts = np.bincount(mask.ravel(), minlength=256)
+        values = np.flatnonzero(counts)
+        counts = counts[values]
+    else:
+        values, counts = np.unique(mask, return_counts=True)
     bad = values[(values >= num_classes) & (values != IGNORE_LABEL)]
     if bad.size:
         hint = ""
@@ -124,12 +145,13 @@ def check_mask(mask: np.ndarray, num_classes: int, where: str) -> np.ndarray:
     return mask
 
 
-def check_sizes(image: np.ndarray, mask: np.ndarray, image_path: str, mask_path: str) -> None:
-    """Raises `DataError` naming both files if the image and mask sizes differ."""
-    if image.shape[:2] != mask.shape[:2]:
+def check_sizes(image_size: tuple[int, int], mask_size: tuple[int, int], image_path: str, mask_path: str) -> None:
+    """Raises `DataError` naming both files if the image and mask sizes `(H, W)` differ."""
+    image_size, mask_size = tuple(int(n) for n in image_size), tuple(int(n) for n in mask_size)
+    if image_size != mask_size:
         raise DataError(
             f"Image {image_path} and mask {mask_path} differ in size. "
-            f"Received: image (H, W)={image.shape[:2]}, mask (H, W)={mask.shape[:2]}"
+            f"Received: image (H, W)={image_size}, mask (H, W)={mask_size}"
         )
 
 

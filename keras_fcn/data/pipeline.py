@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 
 from keras_fcn.data.files import IGNORE_LABEL, DataError
-from keras_fcn.data.sources import IndexedSource, Source
+from keras_fcn.data.sources import FileSource, IndexedSource, Source, check_shard
 from keras_fcn.vgg16 import CAFFE_BGR_MEAN
 
 # The mean pixel `CaffePreprocessing` subtracts by default (Keras's VGG16 "caffe" mean, BGR 103.939, 116.779,
@@ -100,6 +100,7 @@ def make_dataset(
     seed: int | None = None,
     shuffle_buffer: int = 1000,
     mean: tuple[float, float, float] = CAFFE_BGR_MEAN,
+    shard: tuple[int, int] | None = None,
 ) -> tf.data.Dataset:
     """Batches of `(images float32 (N, h, w, 3), masks uint8 (N, h, w))` ready for `model.fit`.
 
@@ -120,9 +121,17 @@ def make_dataset(
             cache, or a source that cannot shuffle by index (TFDS).
         mean: the BGR mean pixel of the model to train (its `preprocess` layer's `mean`): padding uses it,
             so padded pixels are zero after the model subtracts it.
+        shard: `(index, count)`: the share of input pipeline `index` of `count` (a worker of a multi-worker
+            run), chosen before decoding, so each worker decodes only its own examples; `batch_size` is then
+            that worker's batch. Every worker must give the same `seed`: they shuffle alike, then worker
+            `index` takes the examples at positions `index`, `index + count`, ..., each with the
+            augmentation it would have had without sharding. TF's auto-sharding is turned off.
 
     Returns:
         A `tf.data.Dataset`, prefetched.
+
+    Raises:
+        ValueError: bad arguments, or `shard` without a `seed`.
 
     Example:
     >>> from keras_fcn.data import synthetic
@@ -138,19 +147,25 @@ def make_dataset(
             raise ValueError(
                 f"`crop_size` must be a positive int or (height, width). Received: crop_size={crop_size}"
             )
+    if shard is not None:
+        shard = check_shard(shard)
+        if seed is None:
+            raise ValueError(
+                "`shard` needs a `seed` shared by all workers, so that they shuffle alike. Received: seed=None"
+            )
     if seed is None:
         seed = int(tf.random.uniform((), 0, 2**31 - 1, dtype=tf.int64))
     if cache == "auto":
         size = source.decoded_bytes()
-        cache = size is not None and size <= CACHE_LIMIT_BYTES
+        cache = size is not None and size // (shard[1] if shard else 1) <= CACHE_LIMIT_BYTES
 
     if cache:
-        dataset = source.dataset(shuffle=False)
+        dataset = source.dataset(shuffle=False, shard=shard)
         dataset = dataset.cache() if cache is True else dataset.cache(str(cache))
         if shuffle:
             dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     else:
-        dataset = source.dataset(shuffle=shuffle, seed=seed)
+        dataset = source.dataset(shuffle=shuffle, seed=seed, shard=shard)
         if shuffle and not isinstance(source, IndexedSource):
             # An indexed source shuffles all its indices; others (TFDS) shuffle at most the order of
             # their files, so the examples within a file would always come in the same order.
@@ -161,6 +176,8 @@ def make_dataset(
     if augment_data:
         # One (2,) int64 seed per element; re-drawn each epoch, fixed by `seed` across runs.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        if shard is not None:
+            seeds = seeds.shard(shard[1], shard[0])  # the seeds of this worker's examples
         dataset = tf.data.Dataset.zip(dataset, seeds)
         dataset = dataset.map(
             lambda example, element_seed: augment(*example, element_seed, crop_size, scale_range, flip, mean),
@@ -183,8 +200,10 @@ def make_dataset(
 
     options = tf.data.Options()
     options.deterministic = True
-    # Examples are produced from indices, not from files: shard by element across workers.
-    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # Sharded above, before decoding; otherwise examples are produced from indices, not from files:
+    # tf.distribute then shards by element across workers (each worker decodes every example).
+    policy = tf.data.experimental.AutoShardPolicy
+    options.experimental_distribute.auto_shard_policy = policy.OFF if shard is not None else policy.DATA
     return dataset.with_options(options).prefetch(tf.data.AUTOTUNE)
 
 
@@ -210,19 +229,33 @@ def data_error_from(error: tf.errors.OpError) -> DataError | None:
     return DataError(match.group(1).strip()) if match else None
 
 
+# TensorFlow's image decoders fail with these op names in the message (and without the file's name).
+DECODE_OPS = re.compile(r"Decode(Jpeg|Png|Image)")
+
+
 @contextlib.contextmanager
-def data_errors() -> Iterator[None]:
+def data_errors(*sources: Source) -> Iterator[None]:
     """Turns a `DataError` raised inside a tf.data function (which TensorFlow wraps in an `OpError`) back
     into a `DataError` naming the file; other errors pass unchanged.
 
+    Args:
+        *sources: the sources being read. When TensorFlow's image decoder fails (its message names no
+            file), their images are decoded again one by one to find the bad one and name it.
+
     Example:
-    >>> with data_errors():  # doctest: +SKIP
+    >>> with data_errors(source):  # doctest: +SKIP
     ...     model.fit(make_dataset(source), epochs=1)
     """
     try:
         yield
     except tf.errors.OpError as error:
         data_error = data_error_from(error)
+        if data_error is None and DECODE_OPS.search(error.message or ""):
+            for source in sources:
+                if isinstance(source, FileSource):
+                    data_error = source.find_undecodable()
+                    if data_error is not None:
+                        break
         if data_error is None:
             raise
         raise data_error from None

@@ -8,18 +8,22 @@
 - `folder(images_dir, masks_dir)`: images and masks with matching file names (the stems match).
 - `synthetic(...)` (in `synthetic.py`) and `tfds(...)` (in `tfds_source.py`).
 
-File sources decode in parallel inside tf.data (`num_parallel_calls=AUTOTUNE`); Pillow releases the GIL
-while decoding. Every mask is checked against `num_classes` as it is read.
+File sources decode in parallel inside tf.data (`num_parallel_calls=AUTOTUNE`): JPEG and PNG images with
+TensorFlow's decoders (`decode.py`, equal to Pillow's pixels), masks and other image formats with Pillow.
+Every mask is checked against `num_classes` as it is read. `dataset(shard=(k, n))` decodes only worker k's
+share of the examples.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
+from keras_fcn.data.decode import decode_image, read_for_tensorflow
 from keras_fcn.data.files import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
@@ -46,8 +50,17 @@ class Source:
     num_classes: int
     class_names: tuple[str, ...]
 
-    def dataset(self, shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
-        """Decoded, checked examples `(image uint8 (H, W, 3), mask uint8 (H, W))`, one per element."""
+    def dataset(
+        self, shuffle: bool = False, seed: int | None = None, shard: tuple[int, int] | None = None
+    ) -> tf.data.Dataset:
+        """Decoded, checked examples `(image uint8 (H, W, 3), mask uint8 (H, W))`, one per element.
+
+        Args:
+            shuffle: shuffle the examples (reshuffled every epoch).
+            seed: seed of the shuffle.
+            shard: `(index, count)`: only the share of worker `index` of `count`, selected before
+                anything is decoded. Every worker must pass the same `seed`.
+        """
         raise NotImplementedError
 
     def __len__(self) -> int:
@@ -69,28 +82,39 @@ class IndexedSource(Source):
     """A source whose example `i` is produced by `load(i)` in Python (files, synthetic shapes).
 
     `dataset()` maps a (optionally shuffled) range of indices through `load` in parallel, so a shuffle
-    costs nothing but indices and the output order is deterministic.
+    costs nothing but indices and the output order is deterministic. With `shard=(k, n)` only the indices
+    at positions k, k + n, k + 2n, ... of that order are loaded: one worker's share, decoded by it alone.
     """
 
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError
 
-    def dataset(self, shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
+    def dataset(
+        self, shuffle: bool = False, seed: int | None = None, shard: tuple[int, int] | None = None
+    ) -> tf.data.Dataset:
+        return self.indices(shuffle, seed, shard).map(
+            self._decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
+
+    def indices(
+        self, shuffle: bool = False, seed: int | None = None, shard: tuple[int, int] | None = None
+    ) -> tf.data.Dataset:
+        """The int64 indices `dataset()` loads, in its order: shuffled by `seed`, then sharded."""
         indices = tf.data.Dataset.range(len(self))
         if shuffle:
             indices = indices.shuffle(len(self), seed=seed, reshuffle_each_iteration=True)
+        if shard is not None:
+            index, count = check_shard(shard)
+            indices = indices.shard(count, index)
+        return indices
 
+    def _decode(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         def load(index):
             image, mask = self.load(int(index))
             return image, mask
 
-        def decode(index):
-            image, mask = tf.numpy_function(load, [index], (tf.uint8, tf.uint8), stateful=False)
-            image.set_shape((None, None, 3))
-            mask.set_shape((None, None))
-            return image, mask
-
-        return indices.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        image, mask = tf.numpy_function(load, [index], (tf.uint8, tf.uint8), stateful=False)
+        return tf.ensure_shape(image, (None, None, 3)), tf.ensure_shape(mask, (None, None))
 
     def __iter__(self):
         """Iterates in Python (no TensorFlow): handy to check a whole dataset or look at examples."""
@@ -136,10 +160,41 @@ class FileSource(IndexedSource):
     def load(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path)
+        return image, self._read_mask(index, image.shape[:2])
+
+    def _read_mask(self, index: int, image_size: tuple[int, int]) -> np.ndarray:
+        image_path, mask_path = self.pairs[index]
         mask = read_mask(mask_path)
-        check_sizes(image, mask, image_path, mask_path)
-        check_mask(mask, self.num_classes, mask_path)
-        return image, mask
+        check_sizes(image_size, mask.shape, image_path, mask_path)
+        return check_mask(mask, self.num_classes, mask_path)
+
+    def _decode(self, index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        # JPEG and PNG images are decoded by TensorFlow (in parallel, outside the GIL); the masks stay with
+        # Pillow, which gives palette indices rather than colours, and reads `.mat` files. One Python call
+        # per example reads the image's bytes and size (from its header) and reads and checks the mask.
+        def read(index):
+            contents, size = read_for_tensorflow(self.pairs[index][0])
+            return contents, self._read_mask(index, size)
+
+        contents, mask = tf.numpy_function(read, [index], (tf.string, tf.uint8), stateful=False)
+        return decode_image(tf.reshape(contents, ())), tf.ensure_shape(mask, (None, None))
+
+    def find_undecodable(self) -> DataError | None:
+        """The first image that the TensorFlow decoding of `dataset()` rejects, as a `DataError` naming it.
+
+        TensorFlow's decode errors do not name the file: `data_errors` calls this to find it (one pass over
+        the images, decoded again eagerly).
+        """
+        for image_path, _ in self.pairs:
+            try:
+                decode_image(tf.constant(read_for_tensorflow(image_path)[0]))
+            except DataError as error:
+                return error
+            except tf.errors.OpError as error:
+                # "{{function_node ...DecodePng...}} Invalid PNG data, size 3517 [Op:DecodePng] name: "
+                reason = re.sub(r"\{\{.*?\}\}|\[Op:.*", "", error.message or "").strip()
+                return DataError(f"Cannot read image file {image_path}: {reason}")
+        return None
 
     def decoded_bytes(self) -> int | None:
         with_size = _image_size(self.pairs[0][0])
@@ -147,6 +202,17 @@ class FileSource(IndexedSource):
             return None
         height, width = with_size
         return len(self) * height * width * 4  # 3 image bytes + 1 mask byte per pixel
+
+
+def check_shard(shard) -> tuple[int, int]:
+    """`(index, count)` as ints, or a `ValueError` unless `0 <= index < count`."""
+    try:
+        index, count = (int(v) for v in shard)
+    except (TypeError, ValueError):
+        index, count = -1, 0
+    if not 0 <= index < count:
+        raise ValueError(f"`shard` must be (index, count) with 0 <= index < count. Received: shard={shard}")
+    return index, count
 
 
 def _image_size(path: str) -> tuple[int, int] | None:

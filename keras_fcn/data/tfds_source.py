@@ -16,7 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fcn.data.files import IGNORE_LABEL, DataError, check_mask
-from keras_fcn.data.sources import Source, _check_num_classes, _class_names
+from keras_fcn.data.sources import Source, _check_num_classes, _class_names, check_shard
 
 PET_TRIMAP = {1: 1, 2: 0, 3: IGNORE_LABEL}  # stored value -> class id
 
@@ -84,14 +84,21 @@ class TFDSSource(Source):
         self._species_key = species
         self._length: int | None = None
 
-    def _load(self, shuffle: bool, seed: int | None) -> tf.data.Dataset:
+    def _load(self, shuffle: bool, seed: int | None, shard: tuple[int, int] | None = None) -> tf.data.Dataset:
         import tensorflow_datasets as tfds
 
         read_config = tfds.ReadConfig(shuffle_seed=seed, add_tfds_id=True)
+        split = self.split
+        if shard is not None:
+            # TFDS reads only this worker's slice of the split (1/count of the examples), so nothing
+            # else is read or decoded; sharding by file (`ReadConfig.input_context`) would need at
+            # least as many files as workers.
+            index, count = check_shard(shard)
+            split = tfds.even_splits(self.split, n=count)[index]
         try:
             dataset, info = tfds.load(
                 self.tfds_name,
-                split=self.split,
+                split=split,
                 data_dir=self.data_dir,
                 download=self.download,
                 shuffle_files=shuffle,
@@ -102,6 +109,8 @@ class TFDSSource(Source):
             raise DataError(
                 f"Cannot load TFDS dataset {self.tfds_name!r} split {self.split!r}: {error}"
             ) from error
+        if shard is not None:
+            return dataset
         try:
             self._length = info.splits[self.split].num_examples
         except (KeyError, ValueError):  # split arithmetic TFDS cannot size, or no metadata
@@ -116,8 +125,10 @@ class TFDSSource(Source):
             raise TypeError(f"The length of {self.name} is not known.")
         return int(self._length)
 
-    def dataset(self, shuffle: bool = False, seed: int | None = None) -> tf.data.Dataset:
-        dataset = self._load(shuffle, seed)
+    def dataset(
+        self, shuffle: bool = False, seed: int | None = None, shard: tuple[int, int] | None = None
+    ) -> tf.data.Dataset:
+        dataset = self._load(shuffle, seed, shard)
         for key in (self.image_key, self.mask_key):
             if key not in dataset.element_spec:
                 raise DataError(

@@ -146,6 +146,31 @@ def _length(source) -> int | None:
         return None
 
 
+def _training_dataset(config: TrainConfig, source, strategy: tf.distribute.Strategy):
+    """The training batches for `fit`, and the element spec of one replica's batch.
+
+    Under `MultiWorkerMirroredStrategy` each worker builds its own pipeline over its share of the examples
+    (`make_dataset(shard=...)`), so it decodes only those; one replica's batch is the global batch divided
+    by the number of replicas. Elsewhere one pipeline yields global batches that tf.distribute splits.
+    """
+    settings = dict(
+        crop_size=config.crop_size, scale_range=config.scale_range, flip=config.flip, repeat=True, seed=config.seed
+    )
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        dataset = make_dataset(source, batch_size=config.batch_size, **settings)
+        return dataset, dataset.element_spec
+    specs = []
+
+    def dataset_fn(context: tf.distribute.InputContext) -> tf.data.Dataset:
+        shard = (context.input_pipeline_id, context.num_input_pipelines)
+        batch_size = context.get_per_replica_batch_size(config.batch_size)
+        dataset = make_dataset(source, batch_size=batch_size, shard=shard, **settings)
+        specs.append(dataset.element_spec)
+        return dataset
+
+    return strategy.distribute_datasets_from_function(dataset_fn), specs[0]
+
+
 def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
     """Trains an FCN as described by `config` (or `TrainConfig(**overrides)`).
 
@@ -224,10 +249,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         raise ValueError(
             f"`batch_size` must be a multiple of the {replicas} replicas. Received: batch_size={config.batch_size}"
         )
-    train_ds = make_dataset(
-        train_source, batch_size=config.batch_size, crop_size=config.crop_size, scale_range=config.scale_range,
-        flip=config.flip, repeat=True, seed=config.seed,
-    )  # fmt: skip
+    train_ds, train_spec = _training_dataset(config, train_source, strategy)
     val_ds = None
     if val_source is not None:
         # Full images; one per replica (padded to a common size with ignored pixels when there are several).
@@ -251,7 +273,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         keras.mixed_precision.set_global_policy(previous_policy)
 
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
-        keras_internals.multi_worker_workarounds(model, strategy, train_ds.element_spec)
+        keras_internals.multi_worker_workarounds(model, strategy, train_spec)
     initial_epoch = resume_epoch(output_dir)
     monitor = "val_mean_iu" if val_ds is not None else "mean_iu"
     if config.verbose:
@@ -270,7 +292,7 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
         print(f"keras_fcn: {disk_use(model, config, output_dir)}")
     # On resume the best model must beat the best epoch before the kill, not merely the first one after it.
     best_so_far = best_logged(output_dir, monitor, initial_epoch) if initial_epoch else None
-    with data_errors():
+    with data_errors(train_source, *([val_source] if val_source is not None else [])):
         history = model.fit(
             train_ds,
             epochs=config.epochs,
