@@ -25,7 +25,6 @@ import gc
 import math
 import os
 import resource
-import tempfile
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +32,7 @@ import keras
 import numpy as np
 
 from keras_fcn import caffe_proto, surgery
+from keras_fcn.atomic import replacing
 from keras_fcn.backbone import VGG16_BLOCK_DEPTHS
 from keras_fcn.caffe_reader import Blob, CaffeLayer, CaffeModelError, CaffeNet, read_caffemodel
 from keras_fcn.labels import VOC_CLASSES
@@ -626,12 +626,8 @@ def convert_caffemodel(
     probe = np.random.default_rng(0).integers(0, 256, (1, *size, 3)).astype("uint8")
     expected = keras.ops.convert_to_numpy(model(probe))
 
-    directory = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=".keras", dir=directory)
-    os.close(fd)
-    fd, tmp_names = tempfile.mkstemp(prefix=".convert-", suffix=".classes.txt", dir=directory)
-    os.close(fd)
-    try:
+    # Both files are renamed into place only after the self-check (the class names first).
+    with replacing(output) as tmp, replacing(names_path) as tmp_names:
         model.save(tmp)
         del model  # before reloading: the two copies of the weights need not be in memory together
         gc.collect()
@@ -642,12 +638,6 @@ def convert_caffemodel(
         if max_abs_diff != 0:
             raise CaffeModelError(f"The saved model differs from the imported one by {max_abs_diff}. "
                                   f"Received: output={output!r}")  # fmt: skip
-        os.replace(tmp_names, names_path)
-        os.replace(tmp, output)
-    finally:
-        for leftover in (tmp, tmp_names):
-            if os.path.exists(leftover):
-                os.remove(leftover)
     seconds = time.perf_counter() - start
     peak = _peak_rss_bytes()
     if verbose:

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 
 # VGG16's widths: the only ones ImageNet weights exist for.
@@ -170,15 +168,9 @@ class TrainConfig:
 
     def save(self, path: str) -> None:
         """Writes the config as JSON, atomically (a temporary file beside `path`, then a rename)."""
-        fd, tmp = tempfile.mkstemp(prefix=".config-", suffix=".json", dir=os.path.dirname(os.path.abspath(path)))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, indent=2)
-                handle.write("\n")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        from keras_fcn.atomic import write_text
+
+        write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str) -> TrainConfig:

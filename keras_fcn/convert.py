@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 
 import keras
 import numpy as np
 
+from keras_fcn.atomic import replacing
 from keras_fcn.backbone import VGG16_BLOCK_DEPTHS, vgg16_classifier
 from keras_fcn.fully_convolutional import convolutionalize
 from keras_fcn.vgg16 import VGG16_CONV_LAYERS
@@ -133,10 +133,7 @@ def convert_vgg16_weights(input_path: str | os.PathLike, output_path: str | os.P
     classifier = vgg16_from_weights(weights, shape)
     converted = convolutionalize(classifier, names=FC_NAMES)
 
-    directory = os.path.dirname(os.path.abspath(output_path))
-    fd, tmp = tempfile.mkstemp(prefix=".convert-", suffix=WEIGHTS_SUFFIX, dir=directory)
-    os.close(fd)
-    try:
+    with replacing(output_path) as tmp:
         converted.save_weights(tmp)
         # A freshly initialised network, so that every number compared below comes from the file.
         reloaded = convolutionalize(
@@ -147,10 +144,6 @@ def convert_vgg16_weights(input_path: str | os.PathLike, output_path: str | os.P
         expected = keras.ops.convert_to_numpy(classifier(probe))
         got = keras.ops.convert_to_numpy(reloaded(probe))[:, 0, 0, :]
         max_abs_diff = float(np.max(np.abs(expected - got)))
-        os.replace(tmp, output_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     if verbose:
         print(f"VGG16 blocks {shape.filters}, fc {shape.fc_units}, {shape.classes} classes, "
               f"pool5 window {shape.window}x{shape.window}")

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
+from keras_fcn.atomic import replacing, write_text
 from keras_fcn.data import from_spec
 from keras_fcn.evaluation import evaluate
 from keras_fcn.metrics import format_scores
@@ -135,15 +136,16 @@ def run_demo(
                                            for a in (images[index], masks[index], predictions[index]))  # fmt: skip
         truth = overlay(image, truth_ids, held_out.class_names)
         predicted = overlay(image, predicted_ids, held_out.class_names)
-        _side_by_side(truth, predicted).save(os.path.join(overlay_dir, f"heldout_{index:03d}.png"))
+        with replacing(os.path.join(overlay_dir, f"heldout_{index:03d}.png")) as tmp:
+            _side_by_side(truth, predicted).save(tmp)
     plot_history(result.history, os.path.join(output_dir, "training_curves.png"))
     serving = None
     if serve:
         serving = _serve_and_query(result.model, images[: max(overlays, 1)], output_dir, held_out.class_names)
     seconds = time.time() - start
     report = format_scores(scores, held_out.class_names)
-    with open(os.path.join(output_dir, "metrics.txt"), "w", encoding="utf-8") as handle:
-        handle.write(f"{scores['num_images']} held-out images, {image_size}x{image_size}\n{report}\n")
+    header = f"{scores['num_images']} held-out images, {image_size}x{image_size}"
+    write_text(os.path.join(output_dir, "metrics.txt"), f"{header}\n{report}\n")
     print(f"\nkeras_fcn demo: held-out set, {scores['num_images']} images at full resolution")
     print(report)
     print(f"\nkeras_fcn demo: finished in {seconds:.0f} s")

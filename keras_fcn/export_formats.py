@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from keras_fcn.atomic import replacing
 from keras_fcn.export import (
     DEFAULT_TOLERANCE,
     LOW_PRECISION_TOLERANCE,
@@ -148,12 +149,9 @@ def _write_checked(
     verbose: bool,
 ) -> FileExportResult:
     """Writes `content` to a temporary file beside `path`, checks it, then renames it to `path`."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    suffix = os.path.splitext(path)[1]
-    fd, tmp = tempfile.mkstemp(prefix=".export-", suffix=suffix, dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with replacing(path) as tmp:
+        with open(tmp, "wb") as handle:
             handle.write(content)
         difference, agreement = compare_with_model(run_file(tmp), model, probes, verbose=verbose)
         if not difference <= tolerance:  # NaN fails too
@@ -161,11 +159,6 @@ def _write_checked(
                 f"the {format_name} file differs from the model by {difference:.3g} in probability (more than "
                 f"tolerance={tolerance}); {path} was not written. Received: tolerance={tolerance}"
             )
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; the export is meant to be shared
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     if verbose:
         sizes = ", ".join("x".join(str(d) for d in p.shape[:3]) for p in probes)
         print(

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_fcn.atomic import replacing
 from keras_fcn.data import read_image
 from keras_fcn.visualize import overlay, save_class_png
 
@@ -77,7 +78,8 @@ def predict_files(
         classes_png = os.path.join(output_dir, f"{stem}_classes.png")
         overlay_png = os.path.join(output_dir, f"{stem}_overlay.png")
         save_class_png(mask, classes_png)
-        overlay(image, mask, class_names).save(overlay_png)
+        with replacing(overlay_png) as tmp:
+            overlay(image, mask, class_names).save(tmp)
         written.append((classes_png, overlay_png))
         progress.add(1)
     return written

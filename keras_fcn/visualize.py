@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from keras_fcn.atomic import replacing, write_bytes
 from keras_fcn.labels import IGNORE_LABEL, voc_palette
 
 
@@ -32,9 +33,8 @@ def class_map_png(class_ids: np.ndarray) -> bytes:
 
 
 def save_class_png(mask: np.ndarray, path: str) -> None:
-    """Writes class ids `(H, W)` as a PNG whose pixel values are the ids (see `class_map_png`)."""
-    with open(path, "wb") as handle:
-        handle.write(class_map_png(mask))
+    """Writes class ids `(H, W)` as a PNG whose pixel values are the ids (see `class_map_png`), whole."""
+    write_bytes(path, class_map_png(mask))
 
 
 def colorize(mask: np.ndarray) -> np.ndarray:
@@ -136,5 +136,6 @@ def plot_history(history: dict | str, path: str) -> None:
         if axis.lines:
             axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    with replacing(path) as tmp:  # a notebook showing the file never reads half of it
+        figure.savefig(tmp, dpi=100)
     plt.close(figure)

@@ -280,9 +280,8 @@ def _print_row(row: dict) -> None:
     print(head, flush=True)
 
 
-def main(argv=None) -> dict:
-    args = parse_args(argv)
-    report = run(args)
+def finish(report: dict, args: argparse.Namespace) -> dict:
+    """`report` with the arguments added, written to `args.json` when given (a temporary file, renamed)."""
     report["arguments"] = {k: v for k, v in vars(args).items() if k != "json"}
     if args.json:
         tmp = args.json + ".tmp"
@@ -290,6 +289,11 @@ def main(argv=None) -> dict:
             json.dump(report, f, indent=1)
         os.replace(tmp, args.json)
     return report
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    return finish(run(args), args)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ compiles). The data pipeline is left out (`tools/benchmark_data.py` measures it)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # benchmark_inference beside this file
 
 import numpy as np  # noqa: E402
-from benchmark_inference import NARROW, gemm_flops, machine  # noqa: E402
+from benchmark_inference import NARROW, finish, gemm_flops, machine  # noqa: E402
 
 PRECISIONS = ("float32", "mixed")
 
@@ -147,14 +146,7 @@ def run(args) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    report = run(args)
-    report["arguments"] = {k: v for k, v in vars(args).items() if k != "json"}
-    if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, args.json)
-    return report
+    return finish(run(args), args)
 
 
 if __name__ == "__main__":

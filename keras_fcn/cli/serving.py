@@ -332,9 +332,10 @@ def _run_query(args) -> int:
     import grpc
     import numpy as np
 
+    from keras_fcn.atomic import replacing
     from keras_fcn.serving.client import FCNClient, tls_credentials
     from keras_fcn.serving.images import decode_image
-    from keras_fcn.visualize import class_map_png, overlay
+    from keras_fcn.visualize import overlay, save_class_png
 
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
@@ -364,11 +365,11 @@ def _run_query(args) -> int:
             except grpc.RpcError as error:
                 raise CommandError(f"{path}: {error.code().name}: {error.details()}") from error
             stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
-            with open(stem + "_class_ids.png", "wb") as f:
-                f.write(class_map_png(class_ids))
+            save_class_png(class_ids, stem + "_class_ids.png")
             with open(path, "rb") as f:
                 pixels = decode_image(f.read())
-            overlay(pixels, class_ids).save(stem + "_overlay.png")  # with a legend of the class ids
+            with replacing(stem + "_overlay.png") as tmp:
+                overlay(pixels, class_ids).save(tmp)  # with a legend of the class ids
             present = ", ".join(
                 f"{c}: {n}" for c, n in zip(*np.unique(class_ids, return_counts=True), strict=True)
             )

@@ -164,6 +164,7 @@ def add_evaluate(verbs) -> None:
 def run_evaluate(args) -> int:
     import json
 
+    from keras_fcn.atomic import write_text
     from keras_fcn.data import DataError, data_errors, from_spec
     from keras_fcn.evaluation import evaluate
     from keras_fcn.metrics import format_scores
@@ -184,8 +185,7 @@ def run_evaluate(args) -> int:
         keys = ("pixel_accuracy", "mean_accuracy", "mean_iu", "fw_iu", "num_images")
         payload = {key: result[key] for key in keys}
         payload["per_class_iu"] = [None if v != v else float(v) for v in result["per_class_iu"]]
-        with open(args.json, "w", encoding="utf-8") as handle:
-            json.dump(payload, handle, indent=2)
+        write_text(args.json, json.dumps(payload, indent=2))
     return 0
 
 

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import warnings
 
 import keras
+
+from keras_fcn.atomic import replacing
 
 
 def make_callbacks(
@@ -148,11 +149,5 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if self.best is not None and not float(current) > self.best:
             return
         self.best = float(current)
-        fd, tmp = tempfile.mkstemp(prefix=".best-", suffix=".keras", dir=os.path.dirname(os.path.abspath(self.path)))
-        os.close(fd)
-        try:
+        with replacing(self.path) as tmp:
             self.model.save(tmp)
-            os.replace(tmp, self.path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)

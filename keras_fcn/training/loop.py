@@ -30,6 +30,7 @@ import keras
 import tensorflow as tf
 
 from keras_fcn import keras_internals, metrics
+from keras_fcn.atomic import replacing, write_text
 from keras_fcn.config import TrainConfig
 from keras_fcn.data import data_errors, from_spec, make_dataset, without
 from keras_fcn.optimizers import CaffeSGD
@@ -223,8 +224,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
             f"`class_weights` must have one weight per class ({num_classes}). "
             f"Received: class_weights={class_weights}"
         )
-    with open(os.path.join(output_dir, "classes.txt"), "w", encoding="utf-8") as handle:
-        handle.write("".join(f"{name}\n" for name in train_source.class_names[:num_classes]))
+    names = train_source.class_names[:num_classes]
+    write_text(os.path.join(output_dir, "classes.txt"), "".join(f"{name}\n" for name in names))
     val_source = None
     if config.val_data:
         val_source = from_spec(
@@ -306,7 +307,8 @@ def train(config: TrainConfig | None = None, **overrides) -> TrainResult:
             ),  # fmt: skip
             verbose=config.verbose,
         )
-    model.save(os.path.join(output_dir, "final.keras"))
+    with replacing(os.path.join(output_dir, "final.keras")) as tmp:
+        model.save(tmp)
     return TrainResult(
         model=model,
         history={key: [float(v) for v in values] for key, values in history.history.items()},
