@@ -117,6 +117,54 @@ def test_full_size_batches_pad_with_mean_and_ignore():
     assert [tuple(x.shape) for x, _ in single] == [(1, 30, 44, 3), (1, 20, 30, 3)]
 
 
+@pytest.mark.parametrize(
+    "in_size, new_size, offset, crop",
+    [
+        ((30, 44), (60, 88), (0, 0), (24, 24)),  # 2x up, top-left corner
+        ((30, 44), (47, 71), (21, 40), (24, 31)),  # odd up-scale, bottom-right corner
+        ((375, 500), (188, 250), (57, 101), (96, 96)),  # VOC-sized, down to half
+        ((30, 44), (17, 23), (0, 0), (24, 31)),  # scaled smaller than the crop: padding below and right
+        ((30, 44), (29, 50), (5, 19), (24, 31)),  # one axis down, the other up
+        ((1, 7), (3, 2), (0, 0), (4, 4)),
+    ],
+)
+def test_the_scaled_window_equals_scaling_the_whole_image_then_cropping(in_size, new_size, offset, crop):
+    from keras_fcn.data.pipeline import _pad_to, _scaled_window
+
+    rng = np.random.default_rng(sum(in_size + new_size))
+    image = tf.constant(rng.uniform(0, 255, in_size + (3,)).astype(np.float32))
+    mask = tf.constant(rng.integers(0, 21, in_size + (1,)).astype(np.uint8))
+    # The reference: TensorFlow's own resize of the whole image, padded and cropped.
+    whole, whole_mask = _pad_to(
+        tf.image.resize(image, new_size, "bilinear"), tf.image.resize(mask, new_size, "nearest"), *crop
+    )
+    (top, left), (h, w) = offset, crop
+    got, got_mask = _scaled_window(image, mask, tf.constant(new_size), offset, crop)
+    # Float rounding only (pixel values 0..255); class ids exactly.
+    np.testing.assert_allclose(got.numpy(), whole[top : top + h, left : left + w].numpy(), atol=1e-4)
+    np.testing.assert_array_equal(got_mask.numpy(), whole_mask[top : top + h, left : left + w].numpy())
+
+
+def test_the_scaled_window_matches_the_whole_resize_at_random_sizes_scales_and_offsets():
+    from keras_fcn.data.pipeline import _pad_to, _scaled_window
+
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        (height, width), scale = rng.integers(1, 80, 2), rng.uniform(0.5, 2.0)
+        new_size = (max(round(height * scale), 1), max(round(width * scale), 1))
+        crop = tuple(int(c) for c in rng.integers(1, 60, 2))
+        top, left = (int(rng.integers(0, max(n, c) - c + 1)) for n, c in zip(new_size, crop, strict=True))
+        image = tf.constant(rng.uniform(0, 255, (height, width, 3)).astype(np.float32))
+        mask = tf.constant(rng.integers(0, 21, (height, width, 1)).astype(np.uint8))
+        whole, whole_mask = _pad_to(
+            tf.image.resize(image, new_size, "bilinear"), tf.image.resize(mask, new_size, "nearest"), *crop
+        )
+        got, got_mask = _scaled_window(image, mask, tf.constant(new_size), (top, left), crop)
+        window = np.s_[top : top + crop[0], left : left + crop[1]]
+        np.testing.assert_allclose(got.numpy(), whole[window].numpy(), atol=1e-4)
+        np.testing.assert_array_equal(got_mask.numpy(), whole_mask[window].numpy())
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="Received: batch_size=0"):
         data.make_dataset(Painted(), batch_size=0)

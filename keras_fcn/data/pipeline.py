@@ -54,25 +54,85 @@ def augment(
     image = tf.cast(image, tf.float32)
     mask = tf.cast(mask, tf.uint8)[..., None]  # (H, W, 1) for the image ops
     low, high = scale_range
-    if (low, high) != (1.0, 1.0):
+    scaling = (low, high) != (1.0, 1.0)
+    size = tf.shape(image)[:2]
+    if scaling:
         scale = tf.random.stateless_uniform((), seeds[0], low, high)
-        size = tf.cast(tf.shape(image)[:2], tf.float32)
-        new_size = tf.maximum(tf.cast(tf.round(size * scale), tf.int32), 1)
-        image = tf.image.resize(image, new_size, method="bilinear")
-        mask = tf.image.resize(mask, new_size, method="nearest")
+        size = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32), 1)
+        if crop_size is None:
+            image = tf.image.resize(image, size, method="bilinear")
+            mask = tf.image.resize(mask, size, method="nearest")
     if crop_size is not None:
+        # A random window of the (scaled) image padded at the bottom and right up to the crop size.
         crop_h, crop_w = crop_size
-        image, mask = _pad_to(image, mask, crop_h, crop_w, mean)
-        shape = tf.shape(image)
-        top = tf.random.stateless_uniform((), seeds[1], 0, shape[0] - crop_h + 1, dtype=tf.int32)
-        left = tf.random.stateless_uniform((), seeds[2], 0, shape[1] - crop_w + 1, dtype=tf.int32)
-        image = tf.ensure_shape(image[top : top + crop_h, left : left + crop_w], (crop_h, crop_w, 3))
-        mask = tf.ensure_shape(mask[top : top + crop_h, left : left + crop_w], (crop_h, crop_w, 1))
+        top = tf.random.stateless_uniform((), seeds[1], 0, tf.maximum(size[0], crop_h) - crop_h + 1, tf.int32)
+        left = tf.random.stateless_uniform((), seeds[2], 0, tf.maximum(size[1], crop_w) - crop_w + 1, tf.int32)
+        if scaling:
+            # Only the window of the scaled image is computed: the pixels of scaling all of it and cropping
+            # (up to float rounding), at the cost of the crop rather than of an image up to 4x larger.
+            image, mask = _scaled_window(image, mask, size, (top, left), crop_size, mean)
+        else:
+            image, mask = _pad_to(image, mask, crop_h, crop_w, mean)
+            image = tf.ensure_shape(image[top : top + crop_h, left : left + crop_w], (crop_h, crop_w, 3))
+            mask = tf.ensure_shape(mask[top : top + crop_h, left : left + crop_w], (crop_h, crop_w, 1))
+    return _flip(image, mask[..., 0], seeds[3], flip)
+
+
+def _flip(image, mask, seed, flip: bool):
+    """A horizontal flip of both, with probability 1/2 drawn from `seed` (when `flip`)."""
     if flip:
-        do_flip = tf.random.stateless_uniform((), seeds[3]) < 0.5
+        do_flip = tf.random.stateless_uniform((), seed) < 0.5
         image = tf.cond(do_flip, lambda: tf.reverse(image, [1]), lambda: image)
         mask = tf.cond(do_flip, lambda: tf.reverse(mask, [1]), lambda: mask)
-    return image, mask[..., 0]
+    return image, mask
+
+
+def _source_rows(start, count, in_size, out_size):
+    """For the `count` output rows from `start` of a resize from `in_size` to `out_size` rows: the bilinear
+    neighbours `(lower, upper)` and weight `lerp`, the nearest row, and whether the row exists (rows past
+    `out_size` are padding). TensorFlow's resize kernels with half-pixel centres, in graph ops."""
+    rows = start + tf.range(count)
+    inside = rows < out_size
+    rows = tf.cast(tf.minimum(rows, out_size - 1), tf.float32)
+    scale = tf.cast(in_size, tf.float32) / tf.cast(out_size, tf.float32)
+    position = (rows + 0.5) * scale - 0.5
+    floor = tf.floor(position)
+    last = in_size - 1
+    lower = tf.clip_by_value(tf.cast(floor, tf.int32), 0, last)
+    upper = tf.clip_by_value(tf.cast(tf.math.ceil(position), tf.int32), 0, last)
+    nearest = tf.clip_by_value(tf.cast(tf.floor((rows + 0.5) * scale), tf.int32), 0, last)
+    return lower, upper, position - floor, nearest, inside
+
+
+def _scaled_window(image, mask, new_size, offset, crop_size, mean=CAFFE_BGR_MEAN):
+    """The `crop_size` window at `offset` of the image resized to `new_size` (bilinear) and of the mask
+    (nearest), padded past the resized size with the mean pixel and label 255, as `_pad_to` pads.
+
+    Args:
+        image: `(H, W, 3)` float32; mask: `(H, W, 1)` uint8.
+
+    Returns:
+        `(image (crop_h, crop_w, 3) float32, mask (crop_h, crop_w, 1) uint8)`.
+    """
+    shape = tf.shape(image)
+    (crop_h, crop_w), (top, left) = crop_size, offset
+    y0, y1, y_lerp, y_near, y_in = _source_rows(top, crop_h, shape[0], new_size[0])
+    x0, x1, x_lerp, x_near, x_in = _source_rows(left, crop_w, shape[1], new_size[1])
+    rows_above, rows_below = tf.gather(image, y0), tf.gather(image, y1)  # (crop_h, W, 3)
+    x_lerp = x_lerp[None, :, None]
+    # The kernel's order of operations: along x within each of the two rows, then along y.
+
+    def along_x(rows):
+        left_pixels = tf.gather(rows, x0, axis=1)
+        return left_pixels + (tf.gather(rows, x1, axis=1) - left_pixels) * x_lerp
+
+    above, below = along_x(rows_above), along_x(rows_below)
+    window = above + (below - above) * y_lerp[:, None, None]
+    labels = tf.gather(tf.gather(mask, y_near), x_near, axis=1)
+    inside = tf.logical_and(y_in[:, None], x_in[None, :])[..., None]  # (crop_h, crop_w, 1)
+    window = tf.where(inside, window, tf.constant(mean[::-1], tf.float32))
+    labels = tf.where(inside, labels, tf.constant(IGNORE_LABEL, tf.uint8))
+    return tf.ensure_shape(window, (crop_h, crop_w, 3)), tf.ensure_shape(labels, (crop_h, crop_w, 1))
 
 
 def _pad_to(image, mask, height, width, mean=CAFFE_BGR_MEAN):
