@@ -43,8 +43,8 @@ def test_the_temporary_keeps_every_suffix_beside_the_target(tmp_path, name):
 
 
 def test_write_text_and_bytes(tmp_path):
-    write_text(str(tmp_path / "a.json"), "{\"é\": 1}\n")
+    write_text(str(tmp_path / "a.json"), '{"é": 1}\n')
     write_bytes(str(tmp_path / "b.png"), b"\x89PNG")
-    assert (tmp_path / "a.json").read_text(encoding="utf-8") == "{\"é\": 1}\n"
+    assert (tmp_path / "a.json").read_text(encoding="utf-8") == '{"é": 1}\n'
     assert (tmp_path / "b.png").read_bytes() == b"\x89PNG"
     assert sorted(os.listdir(tmp_path)) == ["a.json", "b.png"]
