@@ -1,8 +1,8 @@
 """A Python client for an FCN served by TensorFlow Serving (or `keras-fcn serve`), over gRPC.
 
-Its Predict calls use TF Serving's messages as declared in `wire` (the same bytes as
-`tensorflow-serving-api`'s stubs, without loading TensorFlow, so a client starts in a fraction of a
-second); `metadata()` and `status()` use the official stubs. It sends encoded image bytes by default
+Its calls (Predict, GetModelMetadata, GetModelStatus) use TF Serving's messages as declared in `wire`
+(the same bytes as `tensorflow-serving-api`'s stubs, without loading TensorFlow, so a client starts in
+a fraction of a second). It sends encoded image bytes by default
 (`serve_encoded`: a JPEG is far smaller than its pixels), asks only for the compact class-map
 PNGs unless probabilities are wanted (through `output_filter`), and raises the gRPC receive limit
 from its 4 MiB default so that probability maps (a 512x512x21 float32 map is 22 MB) arrive.
@@ -24,7 +24,19 @@ import grpc
 import numpy as np
 
 from .images import decode_class_map, decode_image, encode_png
-from .wire import PREDICT_METHOD, PredictRequest, PredictResponse
+from .wire import (
+    GET_MODEL_METADATA_METHOD,
+    GET_MODEL_STATUS_METHOD,
+    MODEL_VERSION_STATES,
+    PREDICT_METHOD,
+    GetModelMetadataRequest,
+    GetModelMetadataResponse,
+    GetModelStatusRequest,
+    GetModelStatusResponse,
+    PredictRequest,
+    PredictResponse,
+    SignatureDefMap,
+)
 from .wire_tensors import make_ndarray, make_tensor_proto
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
@@ -107,6 +119,16 @@ class FCNClient:
             request_serializer=PredictRequest.SerializeToString,
             response_deserializer=PredictResponse.FromString,
         )
+        self._get_model_metadata = self._channel.unary_unary(
+            GET_MODEL_METADATA_METHOD,
+            request_serializer=GetModelMetadataRequest.SerializeToString,
+            response_deserializer=GetModelMetadataResponse.FromString,
+        )
+        self._get_model_status = self._channel.unary_unary(
+            GET_MODEL_STATUS_METHOD,
+            request_serializer=GetModelStatusRequest.SerializeToString,
+            response_deserializer=GetModelStatusResponse.FromString,
+        )
 
     def _model_spec(self, spec, signature_name: str = "") -> None:
         spec.name = self.model_name
@@ -156,29 +178,45 @@ class FCNClient:
         return Segmentation(class_ids, scores, response.model_spec.version.value)
 
     def metadata(self) -> dict:
-        """The served version's SignatureDefs, `{name: SignatureDef}` (from `GetModelMetadata`)."""
-        # SignatureDefs are TensorFlow's messages: this call loads tensorflow-serving-api (and TensorFlow).
-        from tensorflow_serving.apis import get_model_metadata_pb2, prediction_service_pb2_grpc
+        """The served version's SignatureDefs, from `PredictionService.GetModelMetadata`.
 
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+        Returns:
+            `{signature name: SignatureDef}`: `wire.SignatureDef` messages, with the field names of
+            TensorFlow's `tensorflow.SignatureDef` (`inputs`/`outputs` map names to `TensorInfo`s with
+            `name`, `dtype` and `tensor_shape`; `method_name`). They are not TensorFlow's classes:
+            `SerializeToString()` gives the bytes to parse with those.
+
+        Raises:
+            grpc.RpcError: with TF Serving's status code when the server refuses the request.
+            ValueError: when the answer carries no `signature_def` metadata of type `SignatureDefMap`.
+        """
+        request = GetModelMetadataRequest(metadata_field=["signature_def"])
         self._model_spec(request.model_spec)
-        stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
-        response = stub.GetModelMetadata(request, timeout=self.timeout)
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        response.metadata["signature_def"].Unpack(signatures)
+        response = self._get_model_metadata(request, timeout=self.timeout)
+        signatures = SignatureDefMap()
+        if "signature_def" not in response.metadata or not response.metadata["signature_def"].Unpack(signatures):
+            raise ValueError(
+                "the server's GetModelMetadata answer has no signature_def of type "
+                f"tensorflow.serving.SignatureDefMap. Received: metadata={dict(response.metadata)!r}"
+            )
         return dict(signatures.signature_def)
 
     def status(self) -> dict[int, str]:
-        """`{version: state name}` from `ModelService.GetModelStatus` (loads tensorflow-serving-api)."""
-        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+        """The model's versions and their states, from `ModelService.GetModelStatus`.
 
-        request = get_model_status_pb2.GetModelStatusRequest()
+        Returns:
+            `{version: state name}` (`"AVAILABLE"`, `"LOADING"`, `"END"`, ...): every version the
+            server tracks, or only `version` when the client was made with one.
+
+        Raises:
+            grpc.RpcError: with TF Serving's status code (NOT_FOUND for an unknown model or version).
+        """
+        request = GetModelStatusRequest()
         request.model_spec.name = self.model_name
         if self.version is not None:
             request.model_spec.version.value = self.version
-        response = model_service_pb2_grpc.ModelServiceStub(self._channel).GetModelStatus(request, timeout=self.timeout)
-        state = get_model_status_pb2.ModelVersionStatus.State
-        return {s.version: state.Name(s.state) for s in response.model_version_status}
+        response = self._get_model_status(request, timeout=self.timeout)
+        return {s.version: MODEL_VERSION_STATES.get(s.state, str(s.state)) for s in response.model_version_status}
 
     def close(self) -> None:
         self._channel.close()

@@ -1,16 +1,22 @@
-"""TF Serving's Predict messages, built with the protobuf runtime so that a client loads no TensorFlow.
+"""TF Serving's client messages, built with the protobuf runtime so that a client loads no TensorFlow.
 
 `tensorflow-serving-api`'s modules import `tensorflow.core.framework`, which runs TensorFlow's whole
-start-up (about 3 s) before the first request. The few messages a Predict call needs are declared here
-instead: `tensorflow.serving.ModelSpec`, `PredictRequest`, `PredictResponse`, `tensorflow.TensorProto`,
-`TensorShapeProto` and the `DataType` enum, with the names, field numbers, types, labels and packing of
-TensorFlow's `tensor.proto`, `tensor_shape.proto`, `types.proto` and TF Serving's `model.proto`,
-`predict.proto` (`tests/serving/test_wire.py` compares them with the official descriptors). Fields a
-client never sets or reads (`TensorProto.resource_handle_val`, `PredictRequest.request_options`, the
-DataTypes without a numpy equivalent, ...) are left out; protobuf keeps such fields of a reply as
-unknown fields. The messages live in a pool of their own, so they never clash with TensorFlow's
-definitions of the same names when both are loaded in one process; a message of one pool does not
-`CopyFrom` the other's, but their bytes are the same.
+start-up (about 3 s) before the first request. The few messages `FCNClient` needs are declared here
+instead: for Predict `tensorflow.serving.ModelSpec`, `PredictRequest`, `PredictResponse`,
+`tensorflow.TensorProto`, `TensorShapeProto` and the `DataType` enum; for `ModelService.GetModelStatus`
+`GetModelStatusRequest`, `GetModelStatusResponse`, `ModelVersionStatus` (and its `State` enum),
+`StatusProto` and the `tensorflow.error.Code` enum; for `GetModelMetadata` `GetModelMetadataRequest`,
+`GetModelMetadataResponse`, `SignatureDefMap`, `tensorflow.SignatureDef` and `TensorInfo`. They have the
+names, field numbers, types, labels and packing of TensorFlow's `tensor.proto`, `tensor_shape.proto`,
+`types.proto`, `meta_graph.proto`, `error_codes.proto` and TF Serving's `model.proto`, `predict.proto`,
+`get_model_status.proto`, `status.proto`, `get_model_metadata.proto` (`tests/serving/test_wire.py`
+compares them with the official descriptors). Fields a client never sets or reads
+(`TensorProto.resource_handle_val`, `PredictRequest.request_options`, `TensorInfo.composite_tensor`
+whose `TypeSpecProto` tree is large, the DataTypes without a numpy equivalent, ...) are left out;
+protobuf keeps such fields of a reply as unknown fields (and writes them back unchanged). The
+messages live in a pool of their own, so they never clash with TensorFlow's definitions of the same
+names when both are loaded in one process; a message of one pool does not `CopyFrom` the other's, but
+their bytes are the same.
 
 Example:
 >>> request = PredictRequest()
@@ -22,7 +28,7 @@ Example:
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
 
 _F = descriptor_pb2.FieldDescriptorProto
 _SCALARS = {
@@ -38,9 +44,19 @@ _DATA_TYPES = [
     ("DT_UINT16", 17), ("DT_COMPLEX128", 18), ("DT_HALF", 19), ("DT_UINT32", 22), ("DT_UINT64", 23),
 ]  # fmt: skip
 
-# {file: (package, dependencies, {message: [(field, number, type, repeated, oneof)]})}. A type starting
-# with "." is a message, "enum:" an enum; "map:" a map<string, message> field. Repeated numbers are
-# `[packed = true]` upstream (proto3 packs them anyway; the flag is written as upstream writes it).
+# tensorflow/core/protobuf/error_codes.proto (xla/tsl/protobuf/ in TensorFlow's tree), in upstream's order.
+_ERROR_CODES = [
+    ("OK", 0), ("CANCELLED", 1), ("UNKNOWN", 2), ("INVALID_ARGUMENT", 3), ("DEADLINE_EXCEEDED", 4),
+    ("NOT_FOUND", 5), ("ALREADY_EXISTS", 6), ("PERMISSION_DENIED", 7), ("UNAUTHENTICATED", 16),
+    ("RESOURCE_EXHAUSTED", 8), ("FAILED_PRECONDITION", 9), ("ABORTED", 10), ("OUT_OF_RANGE", 11),
+    ("UNIMPLEMENTED", 12), ("INTERNAL", 13), ("UNAVAILABLE", 14), ("DATA_LOSS", 15),
+    ("DO_NOT_USE_RESERVED_FOR_FUTURE_EXPANSION_USE_DEFAULT_IN_SWITCH_INSTEAD_", 20),
+]  # fmt: skip
+
+# {file: (package, dependencies, {message: [(field, number, type, repeated, oneof)]}, {enum: values})}.
+# A type starting with "." is a message, "enum:" an enum; "map:" a map<string, message> field. Repeated
+# numbers are `[packed = true]` upstream (proto3 packs them anyway; the flag is written as upstream
+# writes it). A message or enum named "A.B" is nested in message A.
 _FILES = {
     "keras_fcn/serving/tensorflow_tensor.proto": ("tensorflow", [], {
         "TensorShapeProto": [("dim", 2, ".tensorflow.TensorShapeProto.Dim", True, None),
@@ -57,7 +73,7 @@ _FILES = {
             ("dcomplex_val", 12, "double", True, None), ("uint32_val", 16, "uint32", True, None),
             ("uint64_val", 17, "uint64", True, None), ("float8_val", 18, "bytes", False, None),
         ],
-    }),
+    }, {"DataType": _DATA_TYPES}),
     "keras_fcn/serving/tensorflow_serving_predict.proto": (
         "tensorflow.serving",
         ["google/protobuf/wrappers.proto", "keras_fcn/serving/tensorflow_tensor.proto"],
@@ -78,6 +94,57 @@ _FILES = {
                 ("outputs", 1, "map:.tensorflow.TensorProto", True, None),
             ],
         },
+        {},
+    ),
+    "keras_fcn/serving/tensorflow_error_codes.proto": ("tensorflow.error", [], {}, {"Code": _ERROR_CODES}),
+    "keras_fcn/serving/tensorflow_meta_graph.proto": ("tensorflow", ["keras_fcn/serving/tensorflow_tensor.proto"], {
+        "TensorInfo": [
+            ("name", 1, "string", False, "encoding"),
+            ("coo_sparse", 4, ".tensorflow.TensorInfo.CooSparse", False, "encoding"),
+            ("dtype", 2, "enum:.tensorflow.DataType", False, None),
+            ("tensor_shape", 3, ".tensorflow.TensorShapeProto", False, None),
+        ],
+        "TensorInfo.CooSparse": [("values_tensor_name", 1, "string", False, None),
+                                 ("indices_tensor_name", 2, "string", False, None),
+                                 ("dense_shape_tensor_name", 3, "string", False, None)],
+        "SignatureDef": [
+            ("inputs", 1, "map:.tensorflow.TensorInfo", True, None),
+            ("outputs", 2, "map:.tensorflow.TensorInfo", True, None),
+            ("method_name", 3, "string", False, None),
+            ("defaults", 4, "map:.tensorflow.TensorProto", True, None),
+        ],
+    }, {}),
+    "keras_fcn/serving/tensorflow_serving_model_status.proto": (
+        "tensorflow.serving",
+        ["keras_fcn/serving/tensorflow_error_codes.proto", "keras_fcn/serving/tensorflow_serving_predict.proto"],
+        {
+            "StatusProto": [("error_code", 1, "enum:.tensorflow.error.Code", False, None),
+                            ("error_message", 2, "string", False, None)],
+            "GetModelStatusRequest": [("model_spec", 1, ".tensorflow.serving.ModelSpec", False, None)],
+            "ModelVersionStatus": [
+                ("version", 1, "int64", False, None),
+                ("state", 2, "enum:.tensorflow.serving.ModelVersionStatus.State", False, None),
+                ("status", 3, ".tensorflow.serving.StatusProto", False, None),
+            ],
+            "GetModelStatusResponse": [
+                ("model_version_status", 1, ".tensorflow.serving.ModelVersionStatus", True, None),
+            ],
+        },
+        {"ModelVersionStatus.State": [("UNKNOWN", 0), ("START", 10), ("LOADING", 20), ("AVAILABLE", 30),
+                                      ("UNLOADING", 40), ("END", 50)]},
+    ),
+    "keras_fcn/serving/tensorflow_serving_metadata.proto": (
+        "tensorflow.serving",
+        ["google/protobuf/any.proto", "keras_fcn/serving/tensorflow_meta_graph.proto",
+         "keras_fcn/serving/tensorflow_serving_predict.proto"],
+        {
+            "SignatureDefMap": [("signature_def", 1, "map:.tensorflow.SignatureDef", True, None)],
+            "GetModelMetadataRequest": [("model_spec", 1, ".tensorflow.serving.ModelSpec", False, None),
+                                        ("metadata_field", 2, "string", True, None)],
+            "GetModelMetadataResponse": [("model_spec", 1, ".tensorflow.serving.ModelSpec", False, None),
+                                         ("metadata", 2, "map:.google.protobuf.Any", True, None)],
+        },
+        {},
     ),
 }  # fmt: skip
 
@@ -111,17 +178,15 @@ def _add_field(message: descriptor_pb2.DescriptorProto, package: str, spec: tupl
 def _build_pool() -> descriptor_pool.DescriptorPool:
     # A pool of our own: TensorFlow registers `tensorflow.TensorProto` in the default pool.
     pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)  # google.protobuf.Int64Value, for ModelSpec.version
-    pool.Add(wrappers)
-    for file_name, (package, dependencies, messages) in _FILES.items():
+    # google.protobuf.Int64Value, for ModelSpec.version; google.protobuf.Any, for GetModelMetadataResponse
+    for well_known in (wrappers_pb2, any_pb2):
+        file = descriptor_pb2.FileDescriptorProto()
+        well_known.DESCRIPTOR.CopyToProto(file)
+        pool.Add(file)
+    for file_name, (package, dependencies, messages, enums) in _FILES.items():
         file = descriptor_pb2.FileDescriptorProto(
             name=file_name, package=package, syntax="proto3", dependency=dependencies
         )
-        if package == "tensorflow":
-            data_type = file.enum_type.add(name="DataType")
-            for value_name, number in _DATA_TYPES:
-                data_type.value.add(name=value_name, number=number)
         protos = {}
         for path, fields in messages.items():
             parent, _, name = path.rpartition(".")
@@ -129,6 +194,11 @@ def _build_pool() -> descriptor_pool.DescriptorPool:
             protos[path] = container.add(name=name)
             for spec in fields:
                 _add_field(protos[path], package, spec)
+        for path, values in enums.items():
+            parent, _, name = path.rpartition(".")
+            enum = (protos[parent].enum_type if parent else file.enum_type).add(name=name)
+            for value_name, number in values:
+                enum.value.add(name=value_name, number=number)
         pool.Add(file)
     return pool
 
@@ -145,8 +215,24 @@ TensorProto = _message_class("tensorflow.TensorProto")
 ModelSpec = _message_class("tensorflow.serving.ModelSpec")
 PredictRequest = _message_class("tensorflow.serving.PredictRequest")
 PredictResponse = _message_class("tensorflow.serving.PredictResponse")
+StatusProto = _message_class("tensorflow.serving.StatusProto")
+ModelVersionStatus = _message_class("tensorflow.serving.ModelVersionStatus")
+GetModelStatusRequest = _message_class("tensorflow.serving.GetModelStatusRequest")
+GetModelStatusResponse = _message_class("tensorflow.serving.GetModelStatusResponse")
+TensorInfo = _message_class("tensorflow.TensorInfo")
+SignatureDef = _message_class("tensorflow.SignatureDef")
+SignatureDefMap = _message_class("tensorflow.serving.SignatureDefMap")
+GetModelMetadataRequest = _message_class("tensorflow.serving.GetModelMetadataRequest")
+GetModelMetadataResponse = _message_class("tensorflow.serving.GetModelMetadataResponse")
 # {"DT_FLOAT": 1, ...}: the DataType numbers of the dtypes declared above.
 DATA_TYPES = {value.name: value.number for value in _POOL.FindEnumTypeByName("tensorflow.DataType").values}
 
-# The gRPC method of `tensorflow.serving.PredictionService` (prediction_service.proto).
+# {30: "AVAILABLE", ...}: the ModelVersionStatus.State names by number.
+MODEL_VERSION_STATES = {
+    value.number: value.name for value in _POOL.FindEnumTypeByName("tensorflow.serving.ModelVersionStatus.State").values
+}
+
+# The gRPC methods used (prediction_service.proto, model_service.proto).
 PREDICT_METHOD = "/tensorflow.serving.PredictionService/Predict"
+GET_MODEL_METADATA_METHOD = "/tensorflow.serving.PredictionService/GetModelMetadata"
+GET_MODEL_STATUS_METHOD = "/tensorflow.serving.ModelService/GetModelStatus"
