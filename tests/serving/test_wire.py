@@ -1,6 +1,7 @@
-"""The client's own Predict messages (`serving/wire.py`) and numpy codec (`serving/wire_tensors.py`)
-against the official ones: TensorFlow's and tensorflow-serving-api's descriptors, `tf.make_tensor_proto`
-and `tf.make_ndarray`; and `keras-fcn query` run without TensorFlow against the server under test.
+"""The client's own messages (`serving/wire.py`) and numpy codec (`serving/wire_tensors.py`) against the
+official ones: TensorFlow's and tensorflow-serving-api's descriptors, `tf.make_tensor_proto` and
+`tf.make_ndarray`, the official stubs' GetModelStatus and GetModelMetadata answers; and `keras-fcn
+query`, `FCNClient.status()` and `metadata()` run without TensorFlow against the server under test.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import grpc
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -17,9 +19,18 @@ from google.protobuf import descriptor_pb2
 from PIL import Image
 from serving_testing import confident, random_images, reference
 from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorflow_serving.apis import model_pb2, predict_pb2
+from tensorflow.core.protobuf import meta_graph_pb2
+from tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    status_pb2,
+)
 
-from keras_fcn.serving import wire
+from keras_fcn.serving import FCNClient, wire
 from keras_fcn.serving.wire_tensors import make_ndarray, make_tensor_proto
 
 HEAVY = ("tensorflow", "keras", "tensorflow_serving")
@@ -32,7 +43,24 @@ MESSAGES = [
     (wire.ModelSpec, model_pb2.ModelSpec),
     (wire.PredictRequest, predict_pb2.PredictRequest),
     (wire.PredictResponse, predict_pb2.PredictResponse),
+    (wire.StatusProto, status_pb2.StatusProto),
+    (wire.ModelVersionStatus, get_model_status_pb2.ModelVersionStatus),
+    (wire.GetModelStatusRequest, get_model_status_pb2.GetModelStatusRequest),
+    (wire.GetModelStatusResponse, get_model_status_pb2.GetModelStatusResponse),
+    (wire.TensorInfo, meta_graph_pb2.TensorInfo),
+    (wire.TensorInfo.CooSparse, meta_graph_pb2.TensorInfo.CooSparse),
+    (wire.SignatureDef, meta_graph_pb2.SignatureDef),
+    (wire.SignatureDefMap, get_model_metadata_pb2.SignatureDefMap),
+    (wire.GetModelMetadataRequest, get_model_metadata_pb2.GetModelMetadataRequest),
+    (wire.GetModelMetadataResponse, get_model_metadata_pb2.GetModelMetadataResponse),
 ]
+
+# The official fields each message leaves out (a client never sets or reads them); the rest are declared.
+LEFT_OUT = {
+    "TensorProto": {"resource_handle_val", "variant_val"},
+    "PredictRequest": {"client_id", "request_options", "predict_streamed_options"},
+    "TensorInfo": {"composite_tensor"},  # its TypeSpecProto/StructuredValue tree is large
+}
 
 # One array of each dtype the codec knows; values at the ends of each range.
 ARRAYS = {
@@ -82,10 +110,27 @@ def test_messages_have_the_official_names_numbers_types_labels_and_packing(ours,
             assert message == nested[message.name]
 
 
-def test_tensor_proto_declares_every_official_field_but_resource_handles_and_variants():
-    left_out = {f.name for f in _descriptor_proto(tensor_pb2.TensorProto).field}
-    left_out -= {f.name for f in _descriptor_proto(wire.TensorProto).field}
-    assert left_out == {"resource_handle_val", "variant_val"}
+@pytest.mark.parametrize("ours, official", MESSAGES, ids=lambda m: m.DESCRIPTOR.name)
+def test_messages_declare_every_official_field_but_the_listed_ones(ours, official):
+    left_out = set(official.DESCRIPTOR.fields_by_name) - set(ours.DESCRIPTOR.fields_by_name)
+    assert left_out == LEFT_OUT.get(ours.DESCRIPTOR.name, set())
+
+
+@pytest.mark.parametrize(
+    "field, official",
+    [
+        (wire.ModelVersionStatus.DESCRIPTOR.fields_by_name["state"], get_model_status_pb2.ModelVersionStatus.State),
+        (wire.StatusProto.DESCRIPTOR.fields_by_name["error_code"], status_pb2.StatusProto.DESCRIPTOR.fields_by_name[
+            "error_code"].enum_type),
+    ],
+    ids=["ModelVersionStatus.State", "tensorflow.error.Code"],
+)  # fmt: skip
+def test_enums_have_the_official_names_and_numbers(field, official):
+    official = getattr(official, "DESCRIPTOR", official)
+    assert field.enum_type.full_name == official.full_name
+    assert [(v.name, v.number) for v in field.enum_type.values] == [(v.name, v.number) for v in official.values]
+    if field.enum_type.name == "State":
+        assert wire.MODEL_VERSION_STATES == {v.number: v.name for v in official.values}
 
 
 def test_data_types_are_the_official_ones_with_a_numpy_dtype():
@@ -243,6 +288,99 @@ def test_arrays_without_a_tensorflow_type_are_refused_with_the_reason():
         make_tensor_proto(np.array([b"a", 3], dtype=object))
 
 
+def _official_status(target, version=None) -> get_model_status_pb2.GetModelStatusResponse:
+    request = get_model_status_pb2.GetModelStatusRequest(model_spec=model_pb2.ModelSpec(name=target.model_name))
+    if version is not None:
+        request.model_spec.version.value = version
+    return model_service_pb2_grpc.ModelServiceStub(target.channel).GetModelStatus(request, timeout=30)
+
+
+def _official_signatures(target) -> dict:
+    request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = target.model_name
+    response = prediction_service_pb2_grpc.PredictionServiceStub(target.channel).GetModelMetadata(request, timeout=30)
+    signatures = get_model_metadata_pb2.SignatureDefMap()
+    assert response.metadata["signature_def"].Unpack(signatures)
+    return dict(signatures.signature_def)
+
+
+def _raw_call(target, method: str, request) -> bytes:
+    """The server's answer to `request` on `method` as bytes, parsed by neither pool."""
+    call = target.channel.unary_unary(method, request_serializer=lambda m: m.SerializeToString())
+    return call(request, timeout=30)
+
+
+def test_get_model_status_reads_as_the_official_stubs_read_it(target):
+    official = _official_status(target)
+    state = get_model_status_pb2.ModelVersionStatus.State
+    with FCNClient(target.grpc_address, target.model_name) as client:
+        assert client.status() == {s.version: state.Name(s.state) for s in official.model_version_status}
+        assert {v for v, name in client.status().items() if name == "AVAILABLE"} >= set(target.models)
+    with FCNClient(target.grpc_address, target.model_name, version=target.latest) as client:
+        assert client.status() == {target.latest: "AVAILABLE"}
+    with FCNClient(target.grpc_address, "no-such-model") as client, pytest.raises(grpc.RpcError) as raised:
+        client.status()
+    assert raised.value.code() == grpc.StatusCode.NOT_FOUND
+    # the whole answer, error_code and error_message included, survives a parse and write with our classes
+    request = wire.GetModelStatusRequest()
+    request.model_spec.name = target.model_name
+    raw = _raw_call(target, wire.GET_MODEL_STATUS_METHOD, request)
+    ours = wire.GetModelStatusResponse.FromString(raw)
+    assert get_model_status_pb2.GetModelStatusResponse.FromString(ours.SerializeToString()) == official
+    for mine, theirs in zip(ours.model_version_status, official.model_version_status, strict=True):
+        assert (mine.version, mine.state, mine.status.error_code, mine.status.error_message) == (
+            theirs.version,
+            theirs.state,
+            theirs.status.error_code,
+            theirs.status.error_message,
+        )
+
+
+def test_get_model_metadata_reads_as_the_official_stubs_read_it(target):
+    official = _official_signatures(target)
+    with FCNClient(target.grpc_address, target.model_name) as client:
+        signatures = client.metadata()
+    assert set(signatures) == set(official) and "serving_default" in signatures and "serve_encoded" in signatures
+    for name, signature in signatures.items():
+        assert isinstance(signature, wire.SignatureDef)
+        assert meta_graph_pb2.SignatureDef.FromString(signature.SerializeToString()) == official[name], name
+        assert signature.method_name == official[name].method_name
+        for side in ("inputs", "outputs"):
+            mine, theirs = getattr(signature, side), getattr(official[name], side)
+            assert set(mine) == set(theirs), (name, side)
+            for key, info in mine.items():
+                assert info.WhichOneof("encoding") == theirs[key].WhichOneof("encoding") == "name"
+                assert (info.name, info.dtype) == (theirs[key].name, theirs[key].dtype), (name, key)
+                shape = [d.size for d in info.tensor_shape.dim], info.tensor_shape.unknown_rank
+                assert shape == ([d.size for d in theirs[key].tensor_shape.dim], theirs[key].tensor_shape.unknown_rank)
+    # the whole response, model_spec and the Any's type_url included
+    request = wire.GetModelMetadataRequest(metadata_field=["signature_def"])
+    request.model_spec.name = target.model_name
+    raw = _raw_call(target, wire.GET_MODEL_METADATA_METHOD, request)
+    ours = wire.GetModelMetadataResponse.FromString(raw)
+    theirs = get_model_metadata_pb2.GetModelMetadataResponse.FromString(raw)
+    assert get_model_metadata_pb2.GetModelMetadataResponse.FromString(ours.SerializeToString()) == theirs
+    assert ours.model_spec.version.value == theirs.model_spec.version.value == target.latest
+    assert ours.metadata["signature_def"].type_url == theirs.metadata["signature_def"].type_url
+
+
+def test_signature_defs_with_a_sparse_or_composite_tensor_survive_our_classes():
+    signature = meta_graph_pb2.SignatureDef(method_name="tensorflow/serving/predict")
+    signature.inputs["sparse"].coo_sparse.values_tensor_name = "values:0"
+    signature.inputs["sparse"].coo_sparse.indices_tensor_name = "indices:0"
+    signature.inputs["sparse"].coo_sparse.dense_shape_tensor_name = "shape:0"
+    signature.inputs["ragged"].composite_tensor.components.add(name="flat_values:0", dtype=types_pb2.DT_FLOAT)
+    signature.outputs["out"].name, signature.outputs["out"].dtype = "out:0", types_pb2.DT_INT32
+    signature.defaults["k"].CopyFrom(tf.make_tensor_proto(np.int32(3)))
+    ours = wire.SignatureDef.FromString(signature.SerializeToString())
+    sparse = ours.inputs["sparse"]
+    assert sparse.WhichOneof("encoding") == "coo_sparse" and sparse.coo_sparse.dense_shape_tensor_name == "shape:0"
+    assert ours.inputs["ragged"].WhichOneof("encoding") is None  # not declared here: kept as an unknown field
+    assert ours.outputs["out"].name == "out:0" and ours.outputs["out"].dtype == wire.DATA_TYPES["DT_INT32"]
+    assert make_ndarray(ours.defaults["k"]) == 3
+    assert meta_graph_pb2.SignatureDef.FromString(ours.SerializeToString()) == signature
+
+
 def _modules_after(code: str) -> tuple[str, list[str]]:
     """Runs `code` in a fresh interpreter; its stdout and which of HEAVY it left in sys.modules."""
     script = f"{code}\nimport json, sys\nprint(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
@@ -258,6 +396,25 @@ def test_the_client_and_the_query_verb_load_no_tensorflow_nor_keras():
     code = "from keras_fcn.cli import main\ntry:\n    main(['query', '--help'])\nexcept SystemExit:\n    pass"
     out, modules = _modules_after(code)
     assert "--address" in out and modules == []
+
+
+def test_status_and_metadata_answer_without_loading_tensorflow(target):
+    code = (
+        f"from keras_fcn.serving import FCNClient\nimport json\n"
+        f"with FCNClient({target.grpc_address!r}, {target.model_name!r}) as client:\n"
+        f"    status, signatures = client.status(), client.metadata()\n"
+        f"print(json.dumps([status, {{k: [s.method_name, sorted(s.inputs), sorted(s.outputs)]"
+        f" for k, s in signatures.items()}}]))"
+    )
+    out, modules = _modules_after(code)
+    assert modules == []
+    status, signatures = json.loads(out)
+    state = get_model_status_pb2.ModelVersionStatus.State
+    assert status == {str(s.version): state.Name(s.state) for s in _official_status(target).model_version_status}
+    expected = {
+        k: [s.method_name, sorted(s.inputs), sorted(s.outputs)] for k, s in _official_signatures(target).items()
+    }
+    assert signatures == expected and "serve_encoded" in signatures
 
 
 def test_query_segments_against_the_server_without_loading_tensorflow(target, tmp_path):
