@@ -35,7 +35,7 @@ from keras_fcn.export import (
 )
 
 FORMATS = ("saved_model", "onnx", "litert")
-DEFAULT_OPSET = 17  # the oldest opset the issue asks for; onnxruntime runs it everywhere
+DEFAULT_OPSET = 17  # old enough for every current runtime; onnxruntime runs it everywhere
 MIN_OPSET = 17
 # Metadata key of the ONNX file holding the class names, one a line.
 ONNX_CLASS_NAMES_KEY = "class_names"

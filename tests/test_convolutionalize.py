@@ -5,7 +5,7 @@ from testing import he_init, relative_error, to_numpy
 
 import keras_fcn
 
-# The acceptance bound of the issue: max |difference| <= 1e-5 of the output's scale.
+# The acceptance bound: max |difference| <= 1e-5 of the output's scale.
 RTOL = 1e-5
 
 
