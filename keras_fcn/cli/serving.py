@@ -144,7 +144,7 @@ def _check_data(args, num_classes: int) -> tuple[list, list]:
             args.check_data, args.check_split, num_classes=num_classes, seed=args.seed,
             **data_options(args.data_option),
         )  # fmt: skip
-        with data_errors():
+        with data_errors(source):
             pairs = [(image.numpy(), mask.numpy()) for image, mask in source.dataset().take(args.check_limit)]
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None

@@ -35,11 +35,11 @@ def read_image(path: str, contents: bytes | None = None) -> np.ndarray:
     Raises:
         DataError: if the file is missing or not an image.
     """
+    if contents is None:
+        contents = read_bytes(path)  # names a missing or unreadable file
     try:
-        with Image.open(path if contents is None else io.BytesIO(contents)) as image:
+        with Image.open(io.BytesIO(contents)) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except FileNotFoundError:
-        raise DataError(f"Image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"Cannot read image file {path}: {error}") from None
 

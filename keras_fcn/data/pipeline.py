@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import tensorflow as tf
 
 from keras_fcn.data.files import IGNORE_LABEL, DataError
-from keras_fcn.data.sources import FileSource, IndexedSource, Source, check_shard
+from keras_fcn.data.sources import IndexedSource, Source, check_shard
 from keras_fcn.vgg16 import CAFFE_BGR_MEAN
 
 # The mean pixel `CaffePreprocessing` subtracts by default (Keras's VGG16 "caffe" mean, BGR 103.939, 116.779,
@@ -311,11 +311,7 @@ def data_errors(*sources: Source) -> Iterator[None]:
     except tf.errors.OpError as error:
         data_error = data_error_from(error)
         if data_error is None and DECODE_OPS.search(error.message or ""):
-            for source in sources:
-                if isinstance(source, FileSource):
-                    data_error = source.find_undecodable()
-                    if data_error is not None:
-                        break
+            data_error = next(filter(None, (source.find_undecodable() for source in sources)), None)
         if data_error is None:
             raise
         raise data_error from None

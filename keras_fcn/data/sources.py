@@ -70,6 +70,14 @@ class Source:
         """Rough memory footprint of all decoded examples (to decide whether to cache), or None."""
         return None
 
+    def find_undecodable(self) -> DataError | None:
+        """The first example that `dataset()` cannot decode, as a `DataError` naming its file, or None.
+
+        `data_errors` asks this when a TensorFlow decoder fails with a message that names no file. Sources
+        whose decoding errors already name the file (or that read no files) have nothing to add.
+        """
+        return None
+
     def __repr__(self) -> str:
         try:
             size = f", {len(self)} examples"
