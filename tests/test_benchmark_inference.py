@@ -1,19 +1,14 @@
 """tools/benchmark_inference.py --quick on a narrow net: it completes and its JSON holds every field."""
 
-import importlib.util
 import json
-import os
 
 import pytest
-
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark_inference.py")
+from testing import load_tool
 
 
 @pytest.mark.slow
 def test_quick_run_writes_every_field(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("benchmark_inference", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("benchmark_inference")
     path = tmp_path / "bench.json"
     tool.main(["--quick", "--narrow", "--geometries", "aligned", "caffe", "--json", str(path)])
     report = json.loads(path.read_text())

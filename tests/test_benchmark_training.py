@@ -1,12 +1,9 @@
 """tools/benchmark_training.py --quick on a narrow net: it completes, counts the work right and writes every field."""
 
-import importlib.util
 import json
-import os
 
 import pytest
-
-TOOL = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "benchmark_training.py")
+from testing import load_tool
 
 
 @pytest.mark.slow
@@ -14,9 +11,7 @@ def test_quick_run_writes_every_field(tmp_path, capsys):
     import keras_fcn
     from keras_fcn.flops import forward_flops
 
-    spec = importlib.util.spec_from_file_location("benchmark_training", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = load_tool("benchmark_training")
     path = tmp_path / "bench.json"
     tool.main(["--quick", "--narrow", "--json", str(path)])
     report = json.loads(path.read_text())

@@ -12,6 +12,17 @@ import numpy as np
 TINY = {"backbone_filters": (4, 8, 8, 16, 16), "fc_units": 16}
 
 
+def load_tool(name: str):
+    """The script `tools/<name>.py` imported as a module (tools are scripts, not a package)."""
+    import importlib.util
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def he_init(model: keras.Model, seed: int = 0, bias_std: float = 0.1) -> keras.Model:
     """Gives every kernel He-normal weights and every bias small random values, seeded.
 
