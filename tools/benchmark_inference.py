@@ -29,6 +29,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from keras_fcn import atomic  # noqa: E402
+
 PATHS = ("keras", "saved_model", "grpc")
 FULL_RUN = {"variants": ["fcn8s", "fcn32s"], "geometries": ["aligned", "caffe"], "sizes": [(512, 512), (375, 500)],
             "batches": [1, 8], "repeats": 4, "gemm_size": 4096}  # fmt: skip
@@ -281,13 +283,10 @@ def _print_row(row: dict) -> None:
 
 
 def finish(report: dict, args: argparse.Namespace) -> dict:
-    """`report` with the arguments added, written to `args.json` when given (a temporary file, renamed)."""
+    """`report` with the arguments added, written whole to `args.json` when given."""
     report["arguments"] = {k: v for k, v in vars(args).items() if k != "json"}
     if args.json:
-        tmp = args.json + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(report, f, indent=1)
-        os.replace(tmp, args.json)
+        atomic.write_text(args.json, json.dumps(report, indent=1))
     return report
 
 
