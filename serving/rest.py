@@ -381,6 +381,7 @@ class RestServer(http.server.HTTPServer):
             )
         super().__init__(address, handler)
         self.draining = False
+        self.refused = 0  # queued connections answered 503 because the drain had begun
         self._waiting: queue.SimpleQueue = queue.SimpleQueue()
         self._capacity = num_threads + max_queued  # connections served or waiting, at most
         self._admitted = 0
@@ -438,6 +439,8 @@ class RestServer(http.server.HTTPServer):
             self._local.accepted = accepted
             try:
                 if self.draining:
+                    with self._lock:
+                        self.refused += 1
                     self._refuse(request, 503, "the server is shutting down")
                 else:
                     self.finish_request(request, client_address)
@@ -451,8 +454,18 @@ class RestServer(http.server.HTTPServer):
                     self._active.discard(request)
                     self._lock.notify_all()
 
-    def drain(self, grace: float) -> None:
-        """Refuses new connections, lets requests in flight finish for up to `grace` s, then closes."""
+    @property
+    def in_flight(self) -> int:
+        """Requests being answered now (read or being read by a worker, not yet replied to)."""
+        with self._lock:
+            return len(self._active)
+
+    def drain(self, grace: float) -> int:
+        """Refuses new connections, lets requests in flight finish for up to `grace` s, then closes.
+
+        Returns:
+            How many requests were still being answered after `grace` s (their connections are closed).
+        """
         self.draining = True
         self.shutdown()  # the accept loop stops, then the listening socket closes
         self.server_close()
@@ -460,6 +473,7 @@ class RestServer(http.server.HTTPServer):
         with self._lock:
             while self._active and time.monotonic() < deadline:
                 self._lock.wait(max(deadline - time.monotonic(), 0.01))
+            unfinished = len(self._active)
             for connection in list(self._busy):  # idle keep-alive ones, and any past the grace time
                 try:
                     connection.shutdown(socket.SHUT_RDWR)
@@ -467,3 +481,7 @@ class RestServer(http.server.HTTPServer):
                     pass
         for _ in self._workers:  # connections still waiting are answered 503 by the workers first
             self._waiting.put(None)
+        finish = max(deadline, time.monotonic() + 1.0)  # time for those 503s, not for a request past grace
+        for worker in self._workers:
+            worker.join(max(finish - time.monotonic(), 0.0))
+        return unfinished

@@ -187,15 +187,27 @@ class _RequestGuard(grpc.ServerInterceptor):
 
     def __init__(self):
         self.draining = False
+        self.refused = 0  # calls refused UNAVAILABLE because the drain had begun
         self._in_flight = 0
         self._condition = threading.Condition()
 
-    def drain(self, deadline: float) -> None:
-        """Refuses new calls; waits until the calls in flight are answered or `time.monotonic()` passes `deadline`."""
+    @property
+    def in_flight(self) -> int:
+        """Calls being answered now (in a handler)."""
+        with self._condition:
+            return self._in_flight
+
+    def drain(self, deadline: float) -> int:
+        """Refuses new calls; waits until the calls in flight are answered or `time.monotonic()` passes `deadline`.
+
+        Returns:
+            How many calls were still running at the deadline.
+        """
         self.draining = True
         with self._condition:
             while self._in_flight and time.monotonic() < deadline:
                 self._condition.wait(max(deadline - time.monotonic(), 0.01))
+            return self._in_flight
 
     def intercept_service(self, continuation, handler_call_details):
         handler = continuation(handler_call_details)
@@ -211,6 +223,8 @@ class _RequestGuard(grpc.ServerInterceptor):
 
         def run(request, context):
             if self.draining:
+                with self._condition:
+                    self.refused += 1
                 context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
             if isinstance(request, _Malformed):
                 message = f"Could not parse the request message: {type(request.error).__name__}: {request.error}"
@@ -466,18 +480,38 @@ class ModelServer:
         """Refuses new requests, lets those in flight finish for `grace` seconds, stops polling.
 
         New gRPC calls get UNAVAILABLE and new REST connections are refused at once; requests
-        still running after `grace` seconds are cancelled.
+        still running after `grace` seconds are cancelled. The log says how many requests were in
+        flight, whether all of them were answered, and how many waiting ones were refused.
         """
         deadline = time.monotonic() + grace
         if self._watcher is not None:
             self._watcher.stop()
         if self._guard is not None:
             self._guard.draining = True  # new gRPC calls: UNAVAILABLE from now on
+        serving = self._grpc is not None or self._rest is not None
+        if serving:
+            log.info(
+                "Draining: %d gRPC call(s) and %d REST request(s) in flight may finish within %g s",
+                self._guard.in_flight if self._grpc is not None else 0,
+                self._rest.in_flight if self._rest is not None else 0,
+                grace,
+            )
+        unfinished = 0
         if self._rest is not None:
-            self._rest.drain(grace)
+            unfinished += self._rest.drain(grace)
         if self._grpc is not None:
-            self._guard.drain(deadline)
+            unfinished += self._guard.drain(deadline)
             self._grpc.stop(max(deadline - time.monotonic(), 0.5)).wait()
+        if serving:
+            if unfinished:
+                log.warning("Drained: %d request(s) still running after %g s were cut off", unfinished, grace)
+            else:
+                log.info("Drained: every request in flight was answered")
+            log.info(
+                "Refused while draining: %d gRPC call(s) not yet started, %d queued REST request(s)",
+                self._guard.refused if self._grpc is not None else 0,
+                self._rest.refused if self._rest is not None else 0,
+            )
         if self._manager is not None:
             self._manager.stop()
         if self.scheduler is not None:
