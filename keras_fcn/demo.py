@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 
-from keras_fcn.atomic import replacing, write_text
+from keras_fcn.atomic import write_text
 from keras_fcn.data import from_spec
 from keras_fcn.evaluation import evaluate
 from keras_fcn.metrics import format_scores
 from keras_fcn.predict import predict_masks
 from keras_fcn.training import TrainConfig, describe_backbone, train
-from keras_fcn.visualize import overlay, plot_history
+from keras_fcn.visualize import overlay, plot_history, save_image
 
 
 @dataclass
@@ -136,8 +136,7 @@ def run_demo(
                                            for a in (images[index], masks[index], predictions[index]))  # fmt: skip
         truth = overlay(image, truth_ids, held_out.class_names)
         predicted = overlay(image, predicted_ids, held_out.class_names)
-        with replacing(os.path.join(overlay_dir, f"heldout_{index:03d}.png")) as tmp:
-            _side_by_side(truth, predicted).save(tmp)
+        save_image(_side_by_side(truth, predicted), os.path.join(overlay_dir, f"heldout_{index:03d}.png"))
     plot_history(result.history, os.path.join(output_dir, "training_curves.png"))
     serving = None
     if serve:

@@ -9,9 +9,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_fcn.atomic import replacing
 from keras_fcn.data import read_image
-from keras_fcn.visualize import overlay, save_class_png
+from keras_fcn.visualize import overlay, save_class_png, save_image
 
 
 def predict_fn(model) -> tf.types.experimental.GenericFunction:
@@ -78,8 +77,7 @@ def predict_files(
         classes_png = os.path.join(output_dir, f"{stem}_classes.png")
         overlay_png = os.path.join(output_dir, f"{stem}_overlay.png")
         save_class_png(mask, classes_png)
-        with replacing(overlay_png) as tmp:
-            overlay(image, mask, class_names).save(tmp)
+        save_image(overlay(image, mask, class_names), overlay_png)
         written.append((classes_png, overlay_png))
         progress.add(1)
     return written

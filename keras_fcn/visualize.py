@@ -37,6 +37,12 @@ def save_class_png(mask: np.ndarray, path: str) -> None:
     write_bytes(path, class_map_png(mask))
 
 
+def save_image(image: Image.Image, path: str) -> None:
+    """Writes a Pillow image (an overlay, a side-by-side) whole, in the format its extension names."""
+    with replacing(path) as tmp:
+        image.save(tmp)
+
+
 def colorize(mask: np.ndarray) -> np.ndarray:
     """Class ids `(H, W)` → RGB `(H, W, 3)` with the VOC palette (255 is drawn white; ids past 255 reuse
     the colours of `id % 256`)."""

@@ -36,6 +36,14 @@ def test_overlay_blends_and_adds_a_legend():
         visualize.overlay(image, mask[:10])
 
 
+def test_save_image_writes_the_format_of_the_extension_and_no_temporary(tmp_path):
+    picture = visualize.overlay(np.full((6, 8, 3), 100, np.uint8), np.ones((6, 8), np.uint8), legend=False)
+    visualize.save_image(picture, str(tmp_path / "overlay.png"))
+    assert Image.open(tmp_path / "overlay.png").format == "PNG"
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "overlay.png")), np.asarray(picture))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["overlay.png"]
+
+
 def test_plot_history_from_dict_and_csv(tmp_path):
     history = {"loss": [1.0, 0.5], "val_loss": [1.1, 0.6], "mean_iu": [0.2, 0.4], "val_mean_iu": [0.1, 0.3]}
     visualize.plot_history(history, str(tmp_path / "a.png"))

@@ -332,10 +332,9 @@ def _run_query(args) -> int:
     import grpc
     import numpy as np
 
-    from keras_fcn.atomic import replacing
     from keras_fcn.serving.client import FCNClient, tls_credentials
     from keras_fcn.serving.images import decode_image
-    from keras_fcn.visualize import overlay, save_class_png
+    from keras_fcn.visualize import overlay, save_class_png, save_image
 
     missing = [path for path in args.images if not os.path.isfile(path)]
     if missing:
@@ -368,8 +367,7 @@ def _run_query(args) -> int:
             save_class_png(class_ids, stem + "_class_ids.png")
             with open(path, "rb") as f:
                 pixels = decode_image(f.read())
-            with replacing(stem + "_overlay.png") as tmp:
-                overlay(pixels, class_ids).save(tmp)  # with a legend of the class ids
+            save_image(overlay(pixels, class_ids), stem + "_overlay.png")  # with a legend of the class ids
             present = ", ".join(
                 f"{c}: {n}" for c, n in zip(*np.unique(class_ids, return_counts=True), strict=True)
             )
