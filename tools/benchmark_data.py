@@ -67,17 +67,15 @@ def generate_files(folder: str, count: int, size: tuple[int, int] = (375, 500)) 
     from PIL import Image
 
     from keras_fcn.data.synthetic import SyntheticShapes
+    from keras_fcn.visualize import save_class_png
 
     shapes = SyntheticShapes(num_examples=count, image_size=size, num_classes=9, seed=0)
     for sub in ("images", "masks"):
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
-    palette = [channel for k in range(256) for channel in ((k * 37) % 256, (k * 91) % 256, (k * 53) % 256)]
     for index in range(count):
         image, mask = shapes.load(index)
         Image.fromarray(image).save(os.path.join(folder, "images", f"{index:05d}.jpg"), quality=90)
-        mask_file = Image.fromarray(mask, mode="P")
-        mask_file.putpalette(palette)
-        mask_file.save(os.path.join(folder, "masks", f"{index:05d}.png"))
+        save_class_png(mask, os.path.join(folder, "masks", f"{index:05d}.png"))  # VOC's palette PNG
     return data.folder(os.path.join(folder, "images"), os.path.join(folder, "masks"), num_classes=9)
 
 
