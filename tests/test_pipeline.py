@@ -117,6 +117,20 @@ def test_full_size_batches_pad_with_mean_and_ignore():
     assert [tuple(x.shape) for x, _ in single] == [(1, 30, 44, 3), (1, 20, 30, 3)]
 
 
+def _assert_window_equals_whole_resize_then_crop(image, mask, new_size, offset, crop):
+    """`_scaled_window` against TensorFlow's own resize of the whole image, padded and cropped: equal up to
+    float rounding (pixel values 0..255), class ids exactly."""
+    from keras_fcn.data.pipeline import _pad_to, _scaled_window
+
+    whole, whole_mask = _pad_to(
+        tf.image.resize(image, new_size, "bilinear"), tf.image.resize(mask, new_size, "nearest"), *crop
+    )
+    got, got_mask = _scaled_window(image, mask, tf.constant(new_size), offset, crop)
+    window = np.s_[offset[0] : offset[0] + crop[0], offset[1] : offset[1] + crop[1]]
+    np.testing.assert_allclose(got.numpy(), whole[window].numpy(), atol=1e-4)
+    np.testing.assert_array_equal(got_mask.numpy(), whole_mask[window].numpy())
+
+
 @pytest.mark.parametrize(
     "in_size, new_size, offset, crop",
     [
@@ -129,25 +143,13 @@ def test_full_size_batches_pad_with_mean_and_ignore():
     ],
 )
 def test_the_scaled_window_equals_scaling_the_whole_image_then_cropping(in_size, new_size, offset, crop):
-    from keras_fcn.data.pipeline import _pad_to, _scaled_window
-
     rng = np.random.default_rng(sum(in_size + new_size))
     image = tf.constant(rng.uniform(0, 255, in_size + (3,)).astype(np.float32))
     mask = tf.constant(rng.integers(0, 21, in_size + (1,)).astype(np.uint8))
-    # The reference: TensorFlow's own resize of the whole image, padded and cropped.
-    whole, whole_mask = _pad_to(
-        tf.image.resize(image, new_size, "bilinear"), tf.image.resize(mask, new_size, "nearest"), *crop
-    )
-    (top, left), (h, w) = offset, crop
-    got, got_mask = _scaled_window(image, mask, tf.constant(new_size), offset, crop)
-    # Float rounding only (pixel values 0..255); class ids exactly.
-    np.testing.assert_allclose(got.numpy(), whole[top : top + h, left : left + w].numpy(), atol=1e-4)
-    np.testing.assert_array_equal(got_mask.numpy(), whole_mask[top : top + h, left : left + w].numpy())
+    _assert_window_equals_whole_resize_then_crop(image, mask, new_size, offset, crop)
 
 
 def test_the_scaled_window_matches_the_whole_resize_at_random_sizes_scales_and_offsets():
-    from keras_fcn.data.pipeline import _pad_to, _scaled_window
-
     rng = np.random.default_rng(0)
     for _ in range(40):
         (height, width), scale = rng.integers(1, 80, 2), rng.uniform(0.5, 2.0)
@@ -156,13 +158,7 @@ def test_the_scaled_window_matches_the_whole_resize_at_random_sizes_scales_and_o
         top, left = (int(rng.integers(0, max(n, c) - c + 1)) for n, c in zip(new_size, crop, strict=True))
         image = tf.constant(rng.uniform(0, 255, (height, width, 3)).astype(np.float32))
         mask = tf.constant(rng.integers(0, 21, (height, width, 1)).astype(np.uint8))
-        whole, whole_mask = _pad_to(
-            tf.image.resize(image, new_size, "bilinear"), tf.image.resize(mask, new_size, "nearest"), *crop
-        )
-        got, got_mask = _scaled_window(image, mask, tf.constant(new_size), (top, left), crop)
-        window = np.s_[top : top + crop[0], left : left + crop[1]]
-        np.testing.assert_allclose(got.numpy(), whole[window].numpy(), atol=1e-4)
-        np.testing.assert_array_equal(got_mask.numpy(), whole_mask[window].numpy())
+        _assert_window_equals_whole_resize_then_crop(image, mask, new_size, (top, left), crop)
 
 
 def test_bad_arguments():
