@@ -55,7 +55,7 @@ _SUBMODULES = ("data", "metrics", "serving")
 # Modules whose import registers Keras objects (`keras.saving.register_keras_serializable`).
 _REGISTERING = ("keras_fcn.layers", "keras_fcn.gemm_conv", "keras_fcn.metrics", "keras_fcn.optimizers")
 
-__all__ = sorted([*_EXPORTS, *_SUBMODULES])
+__all__ = sorted([*_EXPORTS, *_SUBMODULES, "register_keras_objects"])
 
 
 def __getattr__(name: str):
@@ -73,7 +73,20 @@ def __dir__() -> list[str]:
     return sorted({*globals(), *__all__})
 
 
-def _register_keras_objects() -> None:
+def register_keras_objects() -> None:
+    """Registers the package's Keras objects (layers, metrics, loss, optimizer) with Keras.
+
+    `import keras_fcn` arranges this by itself: at once when Keras is already imported, else as soon as Keras
+    is (whoever imports it: the user, TensorFlow's `tf.keras`, a library). Calling it again costs nothing; it
+    is public for code that wants the registration stated, and it imports TensorFlow and Keras.
+
+    Example:
+
+    >>> import keras, keras_fcn
+    >>> keras_fcn.register_keras_objects()
+    >>> keras.saving.get_registered_object("keras_fcn>CaffePreprocessing").__name__
+    'CaffePreprocessing'
+    """
     for module in _REGISTERING:
         importlib.import_module(module)
 
@@ -81,34 +94,52 @@ def _register_keras_objects() -> None:
 class _RegisterAfterKeras(importlib.abc.Loader):
     """Runs Keras's own loader, then registers this package's Keras objects."""
 
-    def __init__(self, loader):
+    def __init__(self, loader, hook: _KerasImportHook):
         self._loader = loader
+        self._hook = hook
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
-        _register_keras_objects()
+        self._hook.remove()
+        register_keras_objects()
 
     def __getattr__(self, name):  # resource readers and the like: Keras's loader's own
         return getattr(self._loader, name)
 
 
 class _KerasImportHook(importlib.abc.MetaPathFinder):
-    """Waits for the first `import keras` (which loads TensorFlow) to register the package's objects."""
+    """Stays first on `sys.meta_path` until Keras is executed, then registers the package's objects.
+
+    It must outlive look-ups that import nothing: TensorFlow's own import asks
+    `importlib.util.find_spec("keras")` several times without importing Keras, so a hook that retired at
+    the first look-up never saw the import that followed.
+    """
 
     def find_spec(self, fullname, path, target=None):
         if fullname != "keras":
             return None
-        sys.meta_path.remove(self)  # one time only; find the real spec without this hook
-        spec = importlib.util.find_spec("keras")
-        if spec is not None and spec.loader is not None:
-            spec.loader = _RegisterAfterKeras(spec.loader)
+        # The spec the other finders give (this one left out, so the search does not come back here).
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is not None:
+                break
+        else:
+            return None
+        if spec.loader is not None and not isinstance(spec.loader, _RegisterAfterKeras):
+            spec.loader = _RegisterAfterKeras(spec.loader, self)
         return spec
+
+    def remove(self) -> None:
+        if self in sys.meta_path:
+            sys.meta_path.remove(self)
 
 
 if "keras" in sys.modules:
-    _register_keras_objects()
+    register_keras_objects()
 elif not any(isinstance(finder, _KerasImportHook) for finder in sys.meta_path):
     sys.meta_path.insert(0, _KerasImportHook())

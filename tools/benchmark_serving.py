@@ -97,6 +97,7 @@ def main() -> None:
     from keras_fcn.serving.images import encode_png
 
     if args.model:
+        keras_fcn.register_keras_objects()
         model = keras.saving.load_model(args.model, compile=False)
     else:
         narrow = {"backbone_filters": (8, 16, 32, 64, 64), "fc_units": 128} if args.narrow else {}

@@ -70,12 +70,14 @@ def main() -> None:
 
     import keras
 
+    import keras_fcn
     from keras_fcn.data.synthetic import SyntheticShapes
     from keras_fcn.export import export_saved_model
     from keras_fcn.serving import ModelServer
     from keras_fcn.serving.images import encode_png
 
     if args.model:
+        keras_fcn.register_keras_objects()
         model = keras.saving.load_model(args.model)
     else:
         model = random_fcn(args.classes)

@@ -14,8 +14,9 @@ class CommandError(Exception):
 def load_model(path: str):
     import keras
 
-    import keras_fcn  # noqa: F401  (registers the custom layers)
+    import keras_fcn
 
+    keras_fcn.register_keras_objects()  # stated, not left to the import hook: the model needs them
     if not os.path.exists(path):
         raise CommandError(f"Model file not found: {path}")
     try:
