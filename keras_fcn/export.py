@@ -164,6 +164,15 @@ def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED
                 ),
             )
 
+    def decode_one(data):
+        # JPEG with libjpeg's accurate DCT, as Pillow, `keras-fcn predict` and the data pipeline decode it
+        # (TensorFlow's default fast DCT differs by up to 8 grey levels); PNG as TensorFlow reads it.
+        return tf.cond(
+            tf.io.is_jpeg(data),
+            lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"),
+            lambda: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
+        )  # (H, W, 3)
+
     def decode(image_bytes):
         # Sizes and the pixel limit are checked from the headers before anything is decoded.
         count = tf.debugging.Assert(
@@ -177,11 +186,8 @@ def build_serving_functions(model, max_decoded_pixels: int = DEFAULT_MAX_DECODED
         )
         small = pixel_limit(tf.reduce_sum(sizes[:, 0] * sizes[:, 1]), "decoded")
         with tf.control_dependencies([same, small]):
-            return tf.map_fn(
-                lambda data: tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False),
-                image_bytes,
-                fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8),
-            )  # (N, H, W, 3)
+            shape = tf.TensorSpec([None, None, 3], tf.uint8)
+            return tf.map_fn(decode_one, image_bytes, fn_output_signature=shape)  # (N, H, W, 3)
 
     def class_map_pngs(class_ids):
         return tf.map_fn(
