@@ -71,5 +71,7 @@ setup(
         ],
     },
     entry_points={"console_scripts": ["keras-fcn=keras_fcn.cli:main"]},
-    license="BSD-2-Clause",
+    # SPDX expression and the file shipped in the wheel (.dist-info/licenses/LICENSE)
+    license_expression="Apache-2.0",
+    license_files=["LICENSE"],
 )
