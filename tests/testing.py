@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import time
 
 import h5py
 import keras
@@ -86,3 +88,27 @@ def relative_error(got, expected) -> float:
     """max |got - expected| divided by max |expected| (the output's scale)."""
     got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
     return float(np.max(np.abs(got - expected)) / max(np.max(np.abs(expected)), 1e-12))
+
+
+def free_port() -> int:
+    """A loopback port that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(condition, timeout: float, what: str):
+    """Polls `condition` until it is truthy (gRPC errors count as not yet); its value, or TimeoutError."""
+    import grpc
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            value = condition()
+            if value:
+                return value
+        except grpc.RpcError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.2)

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import socket
-import time
-
-import grpc
 import numpy as np
+from testing import free_port, wait_until  # noqa: F401 - the serving tests' names for them
 
 NUM_CLASSES = 21
 
@@ -58,23 +55,3 @@ def random_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     big = np.repeat(np.repeat(small, 8, axis=1), 8, axis=2)[:, :height, :width]
     big = np.pad(big, ((0, 0), (0, height - big.shape[1]), (0, width - big.shape[2]), (0, 0)), mode="edge")
     return big.astype(np.uint8)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(condition, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            value = condition()
-            if value:
-                return value
-        except grpc.RpcError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.2)
