@@ -133,7 +133,11 @@ def test_cli_export_checks_on_labelled_data(trained, tmp_path, capsys):
     model.save(tmp_path / "m.keras")
     export = ["export", "--model", str(tmp_path / "m.keras"), "--output", str(tmp_path / "serving")]
     check = ["--check-data", "synthetic:5", "--data-option", "image_size=[48,48]", "--check-limit", "4"]
-    assert cli.main([*export, "--precision", "bfloat16", *check]) == 0
+    # This tiny model's bfloat16 class ids agree with float32's on 99.49% to 100% of these 9,216 pixels,
+    # by the CPU's kernels (99.49% on a 2-core AMD EPYC), around the default threshold of 99.5%; what is
+    # tested here is the report, so the threshold is set below that spread (the refusal has its own test).
+    agreement = ["--min-class-agreement", "0.99"]
+    assert cli.main([*export, "--precision", "bfloat16", *check, *agreement]) == 0
     out = capsys.readouterr().out
     # 4 labelled images of 48x48, scored against the masks: the mean IU of both models is printed.
     assert f"of {4 * 48 * 48} probe pixels" in out and "vs float32" in out
