@@ -310,4 +310,7 @@ def test_the_installed_package_has_its_data_and_license(tmp_path):
     assert "Apache License" in found["license_text"] and "Version 2.0" in found["license_text"]
     if os.environ.get("KERAS_FCN_INSTALLED") == "wheel":
         assert not found["editable"]
-        assert not os.path.abspath(found["file"]).startswith(CHECKOUT + os.sep), found["file"]
+        # site-packages' copy, not the checkout's keras_fcn/ (the virtual environment may live in the checkout)
+        installed = os.path.dirname(os.path.abspath(found["file"]))
+        assert installed != os.path.join(CHECKOUT, "keras_fcn"), installed
+        assert "site-packages" in installed.split(os.sep), installed
