@@ -40,6 +40,7 @@ def predict_files(
     output_dir: str,
     class_names: Sequence[str] | None = None,
     verbose: bool = False,
+    tiling: dict | None = None,
 ) -> list[tuple[str, str]]:
     """For each image file writes `<stem>_classes.png` (palette PNG of class ids) and `<stem>_overlay.png`.
 
@@ -48,7 +49,9 @@ def predict_files(
         paths: image files.
         output_dir: folder for the outputs (created).
         class_names: names for the overlay legends.
-        verbose: show a progress bar over the files.
+        verbose: show a progress bar over the files (over each image's tiles when tiling).
+        tiling: arguments of `keras_fcn.tiling.predict_tiled` (`tile_size`, `overlap`, `blend`, ...) to
+            predict each image in tiles; None predicts each image whole.
 
     Returns:
         `[(classes_png, overlay_png), ...]` in the order of `paths`.
@@ -70,10 +73,15 @@ def predict_files(
     os.makedirs(output_dir, exist_ok=True)
     predict = predict_fn(model)
     written = []
-    progress = keras.utils.Progbar(len(stems), unit_name="image", verbose=int(verbose))
+    progress = keras.utils.Progbar(len(stems), unit_name="image", verbose=int(verbose and not tiling))
     for path, stem in zip(paths, stems, strict=True):
         image = read_image(path)
-        mask = _class_ids(predict, image)
+        if tiling:
+            from keras_fcn.tiling import predict_tiled
+
+            mask = predict_tiled(model, image, verbose=verbose, **tiling)
+        else:
+            mask = _class_ids(predict, image)
         classes_png = os.path.join(output_dir, f"{stem}_classes.png")
         overlay_png = os.path.join(output_dir, f"{stem}_overlay.png")
         save_class_png(mask, classes_png)

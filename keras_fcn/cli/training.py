@@ -203,7 +203,25 @@ def add_predict(verbs) -> None:
     parser.add_argument("--class-names", help="comma-separated class names for the legend")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or list of written files")
     add_precision_flag(parser)
+    tiles = parser.add_argument_group("tiles", "predict each image in overlapping tiles (images of any size)")
+    tiles.add_argument("--tile-size", type=int, help="side of the tiles in pixels, at least 32 (default: whole images)")
+    tiles.add_argument(
+        "--overlap",
+        type=_overlap,
+        default=0.25,
+        help="overlap of the tiles: a fraction in [0, 1) or pixels (default: 0.25)",
+    )
+    tiles.add_argument(
+        "--blend", choices=("gaussian", "mean"), default="gaussian",
+        help="weights of each tile's probabilities: a Gaussian centred on the tile, or plain means (default: gaussian)",
+    )  # fmt: skip
+    tiles.add_argument("--batch-size", type=int, default=4, help="tiles per model call (default: 4)")
     parser.set_defaults(run=run_predict)
+
+
+def _overlap(text: str) -> float | int:
+    """`0.25` is a fraction of the tile, `64` is pixels."""
+    return int(text) if text.isdecimal() else float(text)
 
 
 def run_predict(args) -> int:
@@ -212,8 +230,16 @@ def run_predict(args) -> int:
 
     model = with_precision(load_model(args.model), args.precision)
     names = class_names_for(args.model, args.class_names, int(model.output_shape[-1]))
+    tiling = None
+    if args.tile_size is not None:
+        tiling = {
+            "tile_size": args.tile_size,
+            "overlap": args.overlap,
+            "blend": args.blend,
+            "batch_size": args.batch_size,
+        }
     try:
-        written = predict_files(model, args.images, args.output, names, verbose=not args.quiet)
+        written = predict_files(model, args.images, args.output, names, verbose=not args.quiet, tiling=tiling)
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
     for classes_png, overlay_png in [] if args.quiet else written:
