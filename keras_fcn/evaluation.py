@@ -9,10 +9,16 @@ import tensorflow as tf
 from keras_fcn.data import Source
 from keras_fcn.metrics import confusion_matrix, scores
 from keras_fcn.predict import predict_fn
+from keras_fcn.tiling import predict_tiled
 
 
 def evaluate(
-    model, source: Source, num_classes: int | None = None, limit: int | None = None, verbose: bool = False
+    model,
+    source: Source,
+    num_classes: int | None = None,
+    limit: int | None = None,
+    verbose: bool = False,
+    tiling: dict | None = None,
 ) -> dict:
     """Runs `model` on every example of `source` at full size and scores the predictions.
 
@@ -22,6 +28,8 @@ def evaluate(
         num_classes: defaults to `source.num_classes`.
         limit: evaluate only the first `limit` examples.
         verbose: show a progress bar with the running mean IU.
+        tiling: arguments of `keras_fcn.tiling.predict_tiled` (tiles, flips, scales) to predict each image
+            with; None predicts each image whole.
 
     Returns:
         `keras_fcn.metrics.scores` of the summed confusion matrix, plus `confusion_matrix`,
@@ -52,7 +60,10 @@ def evaluate(
     progress = keras.utils.Progbar(total, unit_name="image", stateful_metrics=["mean_iu"], verbose=int(verbose))
     count = 0
     for image, mask in dataset:
-        prediction = predict(tf.cast(image, tf.float32)[None])[0].numpy()
+        if tiling:
+            prediction = predict_tiled(model, image.numpy(), **tiling)
+        else:
+            prediction = predict(tf.cast(image, tf.float32)[None])[0].numpy()
         hist += confusion_matrix(mask.numpy(), prediction, num_classes)
         count += 1
         if verbose:

@@ -10,6 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fcn.data import read_image
+from keras_fcn.tiling import predict_tiled
 from keras_fcn.visualize import overlay, save_class_png, save_image
 
 
@@ -77,8 +78,6 @@ def predict_files(
     for path, stem in zip(paths, stems, strict=True):
         image = read_image(path)
         if tiling:
-            from keras_fcn.tiling import predict_tiled
-
             mask = predict_tiled(model, image, verbose=verbose, **tiling)
         else:
             mask = _class_ids(predict, image)

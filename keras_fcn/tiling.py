@@ -11,6 +11,10 @@ Probabilities, not logits, are averaged: each tile's softmax is a distribution o
 the scale of that tile's logits, so a tile that sees little context (large, flat logits) does not outvote
 its neighbours by the size of its numbers.
 
+Test-time augmentation (`tta=("hflip",)`, `scales=(0.75, 1.0, 1.25)`) runs each tile once per flip and
+scale (bilinear resize of the tile, then of its probabilities back) and averages the probabilities, for the
+same reason; tiles and augmentation combine.
+
 Tiles run row of tiles by row of tiles. Once a row of tiles is done, the image rows above the next row of
 tiles are final: their class ids are written out and their buffer reused, so the scores held at any time
 are one strip `tile_height x image_width x classes`, whatever the image's height.
@@ -28,6 +32,7 @@ from keras_fcn.data import read_image
 from keras_fcn.models import STRIDE
 
 BLENDS = ("mean", "gaussian")
+FLIPS = {"hflip": 2, "vflip": 1}  # test-time flips: the axis of (N, H, W, C) each reverses
 MIN_GAUSSIAN_WEIGHT = 1e-3  # MONAI's clamp: a tile's border pixels still count a little
 
 # A reader of windows of an image too large for memory: (top, bottom, left, right) -> (bottom - top, right - left, 3).
@@ -100,6 +105,39 @@ def _probabilities_fn(model):
     return lambda tiles: probabilities(tf.convert_to_tensor(tiles)).numpy()
 
 
+def with_tta(probabilities, tta: Sequence[str] = (), scales: Sequence[float] = (1.0,)):
+    """`probabilities` averaged over the identity and each flip in `tta`, at each scale in `scales`.
+
+    At a scale s the tiles are resized (bilinear) to s times their size, predicted, and the probabilities
+    resized back; a flipped tile's probabilities are flipped back before they are averaged.
+    """
+    unknown = [name for name in tta if name not in FLIPS]
+    if unknown:
+        raise ValueError(f"tta must name flips among {sorted(FLIPS)}. Received: tta={tuple(tta)!r}")
+    if not scales or min(scales) <= 0:
+        raise ValueError(f"scales must be positive factors. Received: scales={tuple(scales)!r}")
+    if tuple(tta) == () and tuple(scales) == (1.0,):
+        return probabilities
+
+    def averaged(tiles: np.ndarray) -> np.ndarray:
+        size = tiles.shape[1:3]
+        total = 0.0
+        for scale in scales:
+            scaled = tiles if scale == 1 else _resize(tiles, [max(1, round(side * scale)) for side in size])
+            for axis in (None, *(FLIPS[name] for name in tta)):
+                flipped = scaled if axis is None else np.flip(scaled, axis)
+                answer = probabilities(np.ascontiguousarray(flipped))
+                answer = answer if axis is None else np.flip(answer, axis)
+                total = total + (answer if scale == 1 else _resize(answer, size))
+        return (total / (len(scales) * (1 + len(tta)))).astype(np.float32)
+
+    return averaged
+
+
+def _resize(images: np.ndarray, size) -> np.ndarray:
+    return tf.image.resize(images, size, method="bilinear").numpy()
+
+
 def _reader(image, image_shape) -> tuple[WindowReader, tuple[int, int]]:
     if callable(image):
         if image_shape is None:
@@ -115,7 +153,7 @@ def _reader(image, image_shape) -> tuple[WindowReader, tuple[int, int]]:
 def predict_tiled(
     model,
     image: np.ndarray | str | WindowReader,
-    tile_size: int | Sequence[int] = 512,
+    tile_size: int | Sequence[int] | None = 512,
     overlap: float | int = 0.25,
     blend: str = "gaussian",
     batch_size: int = 4,
@@ -123,6 +161,8 @@ def predict_tiled(
     image_shape: Sequence[int] | None = None,
     out: np.ndarray | None = None,
     sigma_scale: float = 0.125,
+    tta: Sequence[str] = (),
+    scales: Sequence[float] = (1.0,),
     verbose: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Class ids of an image of any size, predicted tile by tile with blended scores.
@@ -133,7 +173,7 @@ def predict_tiled(
         image: RGB pixels `(H, W, 3)`, an image file, or a reader `(top, bottom, left, right) -> pixels` of
             windows of an image too large for memory (with `image_shape`).
         tile_size: the tiles' side, or `(height, width)`; at least the network's stride (32). Tiles are cut
-            to the image where it is smaller.
+            to the image where it is smaller; None: the whole image as one tile.
         overlap: a fraction of the tile in [0, 1), or pixels (an int).
         blend: `"gaussian"` or `"mean"` weights of each tile's scores.
         batch_size: tiles per model call.
@@ -143,6 +183,8 @@ def predict_tiled(
         out: an `(H, W)` array to write the class ids into, e.g. `np.lib.format.open_memmap(...)` for a class
             map too large for memory.
         sigma_scale: the Gaussian's sigma as a fraction of the tile's sides.
+        tta: flips to average over, among `"hflip"` and `"vflip"`.
+        scales: resize factors to average over, e.g. `(0.75, 1.0, 1.25)`.
         verbose: a progress bar over the tiles.
 
     Returns:
@@ -157,25 +199,23 @@ def predict_tiled(
     >>> model = keras_fcn.fcn8s(21)  # doctest: +SKIP
     >>> class_ids = predict_tiled(model, "aerial.png", tile_size=512, overlap=0.25)  # doctest: +SKIP
     """
-    tile = _pair(tile_size, "tile_size")
-    if min(tile) < STRIDE:
+    read, (height, width) = _reader(image, image_shape)
+    tile = (height, width) if tile_size is None else _pair(tile_size, "tile_size")
+    if tile_size is not None and min(tile) < STRIDE:
         raise ValueError(
             f"tile_size must be at least the network's stride, {STRIDE} pixels. Received: tile_size={tile_size!r}"
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size!r}")
     strides = tile_strides(tile, overlap)
-    weights_all = blend_weights(tile, blend, sigma_scale)  # checks the blend before any work
-    read, (height, width) = _reader(image, image_shape)
     tile = (min(tile[0], height), min(tile[1], width))
-    if tile != weights_all.shape:
-        weights_all = blend_weights(tile, blend, sigma_scale)
+    weights_all = blend_weights(tile, blend, sigma_scale)
     if out is None:
         out = np.empty((height, width), np.int32)
     elif tuple(out.shape) != (height, width):
         raise ValueError(f"out must have the image's shape {(height, width)}. Received: out.shape={tuple(out.shape)}")
     rows, columns = tile_starts(height, tile[0], strides[0]), tile_starts(width, tile[1], strides[1])
-    probabilities = _probabilities_fn(model)
+    probabilities = with_tta(_probabilities_fn(model), tta, scales)
     full = None
     progress = keras.utils.Progbar(len(rows) * len(columns), unit_name="tile", verbose=int(verbose))
 

@@ -152,3 +152,74 @@ def test_cli_predict_in_tiles_writes_predict_tileds_class_ids(tmp_path):
     np.testing.assert_array_equal(got, expected)
     assert len(np.unique(expected)) >= 3
     assert cli.main([*args, "--output", str(tmp_path / "bad"), "--tile-size", "16"]) == 2
+
+
+def softmax_of(model, images):
+    return keras.ops.convert_to_numpy(keras.ops.softmax(model(np.asarray(images, np.float32), training=False)))
+
+
+def test_flip_tta_is_the_average_of_the_image_and_its_mirror():
+    model = he_init(keras_fcn.fcn8s(7, **TINY), seed=7, bias_std=0.5)
+    image = np.random.default_rng(5).integers(0, 256, (45, 70, 3), dtype=np.uint8)
+    plain = softmax_of(model, image[None])[0]
+    mirrored = softmax_of(model, image[None, :, ::-1])[0, :, ::-1]
+    _, got = predict_tiled(model, image, tile_size=None, tta=("hflip",), return_probabilities=True)
+    np.testing.assert_allclose(got, (plain + mirrored) / 2, atol=1e-5)
+    upside_down = softmax_of(model, image[None, ::-1])[0, ::-1]
+    _, got = predict_tiled(model, image, tile_size=None, tta=("hflip", "vflip"), return_probabilities=True)
+    np.testing.assert_allclose(got, (plain + mirrored + upside_down) / 3, atol=1e-5)
+    assert np.abs(mirrored - plain).max() > 0.05  # the model is not symmetric: the flip matters
+
+
+def test_scale_tta_resizes_the_tile_and_its_probabilities_back():
+    import tensorflow as tf
+
+    model = he_init(keras_fcn.fcn8s(7, **TINY), seed=7, bias_std=0.5)
+    image = np.random.default_rng(6).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    expected = softmax_of(model, image[None])[0]
+    for scale in (0.75, 1.5):
+        size = (round(40 * scale), round(56 * scale))
+        scaled = tf.image.resize(image[None].astype("float32"), size, method="bilinear")
+        expected += tf.image.resize(softmax_of(model, scaled), (40, 56), method="bilinear").numpy()[0]
+    ids, got = predict_tiled(model, image, tile_size=None, scales=(1.0, 0.75, 1.5), return_probabilities=True)
+    np.testing.assert_allclose(got, expected / 3, atol=1e-5)
+    np.testing.assert_allclose(got.sum(-1), 1, atol=1e-5)  # still a distribution per pixel
+    with pytest.raises(ValueError, match=r"Received: tta=\('rotate',\)"):
+        predict_tiled(model, image, tta=("rotate",))
+    with pytest.raises(ValueError, match=r"Received: scales=\(0,\)"):
+        predict_tiled(model, image, scales=(0,))
+
+
+def test_cli_flags_reach_predict_and_evaluate(tmp_path, monkeypatch, capsys):
+    import json
+
+    from PIL import Image
+
+    from keras_fcn import cli
+    from keras_fcn.data import from_spec
+    from keras_fcn.metrics import confusion_matrix, scores
+
+    model = he_init(keras_fcn.fcn8s(5, **TINY), seed=7, bias_std=0.5)
+    model.save(tmp_path / "m.keras")
+    image = np.random.default_rng(7).integers(0, 256, (50, 61, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "a.png")
+    args = ["--model", str(tmp_path / "m.keras"), "--quiet"]
+    assert cli.main(["predict", *args, str(tmp_path / "a.png"), "--output", str(tmp_path / "p"), "--tta", "hflip"]) == 0
+    expected = predict_tiled(model, image, tile_size=None, tta=("hflip",))
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "p" / "a_classes.png")), expected)
+
+    tiles = ["--tile-size", "32", "--overlap", "0.5", "--scales", "1,1.25"]
+    data = ["--data", "synthetic:3", "--data-option", "image_size=[40,52]", "--json", str(tmp_path / "s.json")]
+    assert cli.main(["evaluate", *args, *data, *tiles]) == 0
+    hist = np.zeros((5, 5), np.int64)
+    for image, mask in (from_spec("synthetic:3", "val", num_classes=5, image_size=[40, 52]).load(i) for i in range(3)):
+        prediction = predict_tiled(model, image, tile_size=32, overlap=0.5, scales=(1.0, 1.25))
+        hist += confusion_matrix(mask, prediction, 5)
+    assert json.loads((tmp_path / "s.json").read_text())["mean_iu"] == pytest.approx(scores(hist)["mean_iu"])
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # the flag sets Pillow's global
+    bomb = ["predict", *args, str(tmp_path / "a.png"), "--output", str(tmp_path / "b"), "--max-image-pixels", "1000"]
+    capsys.readouterr()
+    assert cli.main(bomb) == 2
+    error = capsys.readouterr().err
+    assert "decompression bombs" in error and "--max-image-pixels N" in error and "a.png" in error

@@ -80,3 +80,56 @@ def data_options(items) -> dict:
         except json.JSONDecodeError:
             options[name] = text
     return options
+
+
+def add_tiling_flags(parser: argparse.ArgumentParser) -> None:
+    """--tile-size, --overlap, --blend, --batch-size, --tta, --scales and --max-image-pixels (predict, evaluate)."""
+    tiles = parser.add_argument_group(
+        "tiles and test-time augmentation", "predict each image in overlapping tiles, or averaged over flips and scales"
+    )
+    tiles.add_argument("--tile-size", type=int, help="side of the tiles in pixels, at least 32 (default: whole images)")
+    tiles.add_argument(
+        "--overlap", type=_overlap, default=0.25,
+        help="overlap of the tiles: a fraction in [0, 1) or pixels (default: 0.25)",
+    )  # fmt: skip
+    tiles.add_argument(
+        "--blend", choices=("gaussian", "mean"), default="gaussian",
+        help="weights of each tile's probabilities: a Gaussian centred on the tile, or plain means (default: gaussian)",
+    )  # fmt: skip
+    tiles.add_argument("--batch-size", type=int, default=4, help="tiles per model call (default: 4)")
+    tiles.add_argument(
+        "--tta", nargs="+", choices=("hflip", "vflip"), default=[],
+        help="test-time flips whose probabilities are averaged with the image's own (with or without tiles)",
+    )  # fmt: skip
+    tiles.add_argument(
+        "--scales", type=_scales, default=(1.0,),
+        help="test-time scales whose probabilities are averaged, e.g. 0.75,1,1.25 (default: 1)",
+    )  # fmt: skip
+    tiles.add_argument(
+        "--max-image-pixels", type=int,
+        help="Pillow's guard against decompression bombs: refuse image files with more pixels than this "
+        "(default: Pillow's, 89,478,485; 0: no limit, for files you trust)",
+    )  # fmt: skip
+
+
+def tiling_from_args(args) -> dict | None:
+    """`predict_tiled`'s arguments from the flags; None when neither tiles nor augmentation are asked for."""
+    if args.max_image_pixels is not None:
+        from PIL import Image
+
+        Image.MAX_IMAGE_PIXELS = args.max_image_pixels or None
+    if args.tile_size is None and not args.tta and args.scales == (1.0,):
+        return None
+    return {
+        "tile_size": args.tile_size, "overlap": args.overlap, "blend": args.blend, "batch_size": args.batch_size,
+        "tta": tuple(args.tta), "scales": args.scales,
+    }  # fmt: skip
+
+
+def _overlap(text: str) -> float | int:
+    """`0.25` is a fraction of the tile, `64` is pixels."""
+    return int(text) if text.isdecimal() else float(text)
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    return tuple(float(value) for value in text.split(","))

@@ -8,9 +8,11 @@ import argparse
 from keras_fcn.cli.common import (
     CommandError,
     add_precision_flag,
+    add_tiling_flags,
     class_names_for,
     data_options,
     load_model,
+    tiling_from_args,
     with_precision,
 )
 
@@ -158,6 +160,7 @@ def add_evaluate(verbs) -> None:
     parser.add_argument("--json", help="also write the metrics to this JSON file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar (the scores are still printed)")
     add_precision_flag(parser)
+    add_tiling_flags(parser)
     parser.set_defaults(run=run_evaluate)
 
 
@@ -176,7 +179,9 @@ def run_evaluate(args) -> int:
             args.data, args.split, num_classes=num_classes, seed=args.seed, **data_options(args.data_option)
         )
         with data_errors(source):
-            result = evaluate(model, source, num_classes, limit=args.limit, verbose=not args.quiet)
+            result = evaluate(
+                model, source, num_classes, limit=args.limit, verbose=not args.quiet, tiling=tiling_from_args(args)
+            )
     except (DataError, ValueError) as error:
         raise CommandError(str(error)) from None
     print(f"{args.model} on {source.name}: {result['num_images']} images at full resolution")
@@ -203,25 +208,8 @@ def add_predict(verbs) -> None:
     parser.add_argument("--class-names", help="comma-separated class names for the legend")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or list of written files")
     add_precision_flag(parser)
-    tiles = parser.add_argument_group("tiles", "predict each image in overlapping tiles (images of any size)")
-    tiles.add_argument("--tile-size", type=int, help="side of the tiles in pixels, at least 32 (default: whole images)")
-    tiles.add_argument(
-        "--overlap",
-        type=_overlap,
-        default=0.25,
-        help="overlap of the tiles: a fraction in [0, 1) or pixels (default: 0.25)",
-    )
-    tiles.add_argument(
-        "--blend", choices=("gaussian", "mean"), default="gaussian",
-        help="weights of each tile's probabilities: a Gaussian centred on the tile, or plain means (default: gaussian)",
-    )  # fmt: skip
-    tiles.add_argument("--batch-size", type=int, default=4, help="tiles per model call (default: 4)")
+    add_tiling_flags(parser)
     parser.set_defaults(run=run_predict)
-
-
-def _overlap(text: str) -> float | int:
-    """`0.25` is a fraction of the tile, `64` is pixels."""
-    return int(text) if text.isdecimal() else float(text)
 
 
 def run_predict(args) -> int:
@@ -230,14 +218,7 @@ def run_predict(args) -> int:
 
     model = with_precision(load_model(args.model), args.precision)
     names = class_names_for(args.model, args.class_names, int(model.output_shape[-1]))
-    tiling = None
-    if args.tile_size is not None:
-        tiling = {
-            "tile_size": args.tile_size,
-            "overlap": args.overlap,
-            "blend": args.blend,
-            "batch_size": args.batch_size,
-        }
+    tiling = tiling_from_args(args)
     try:
         written = predict_files(model, args.images, args.output, names, verbose=not args.quiet, tiling=tiling)
     except (DataError, ValueError) as error:

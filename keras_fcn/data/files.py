@@ -40,6 +40,12 @@ def read_image(path: str, contents: bytes | None = None) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(contents)) as image:
             return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except Image.DecompressionBombError as error:
+        raise DataError(
+            f"Cannot read image file {path}: {error} Pillow refuses images this large as a guard against "
+            "decompression bombs; for a file you trust, raise the limit (keras-fcn predict --max-image-pixels N, "
+            "or PIL.Image.MAX_IMAGE_PIXELS = N)."
+        ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise DataError(f"Cannot read image file {path}: {error}") from None
 
