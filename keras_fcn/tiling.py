@@ -253,6 +253,6 @@ def tile_count(image_shape: Sequence[int], tile_size: int | Sequence[int], overl
     """How many tiles `predict_tiled` runs on an image of `image_shape` `(height, width)`."""
     tile = _pair(tile_size, "tile_size")
     height, width = _pair(image_shape, "image_shape")
+    strides = tile_strides(tile, overlap)  # from the tile asked for, as predict_tiled
     tile = (min(tile[0], height), min(tile[1], width))
-    strides = tile_strides(tile, overlap)
     return len(tile_starts(height, tile[0], strides[0])) * len(tile_starts(width, tile[1], strides[1]))
