@@ -9,7 +9,7 @@ import tensorflow as tf
 from keras_fcn.data import Source
 from keras_fcn.metrics import confusion_matrix, scores
 from keras_fcn.predict import predict_fn
-from keras_fcn.tiling import predict_tiled
+from keras_fcn.tiling import predict_tiled, probabilities_fn
 
 
 def evaluate(
@@ -50,6 +50,7 @@ def evaluate(
             f"Received: num_classes={num_classes}"
         )
     predict = predict_fn(model)
+    probabilities = probabilities_fn(model) if tiling else None  # traced once, for every image
     hist = np.zeros((num_classes, num_classes), dtype=np.int64)
     dataset = source.dataset().prefetch(tf.data.AUTOTUNE)
     if limit is not None:
@@ -61,7 +62,7 @@ def evaluate(
     count = 0
     for image, mask in dataset:
         if tiling:
-            prediction = predict_tiled(model, image.numpy(), **tiling)
+            prediction = predict_tiled(probabilities, image.numpy(), **tiling)
         else:
             prediction = predict(tf.cast(image, tf.float32)[None])[0].numpy()
         hist += confusion_matrix(mask.numpy(), prediction, num_classes)

@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_fcn.data import read_image
-from keras_fcn.tiling import predict_tiled
+from keras_fcn.tiling import predict_tiled, probabilities_fn
 from keras_fcn.visualize import overlay, save_class_png, save_image
 
 
@@ -73,12 +73,13 @@ def predict_files(
         stems[stem] = path
     os.makedirs(output_dir, exist_ok=True)
     predict = predict_fn(model)
+    probabilities = probabilities_fn(model) if tiling else None  # traced once, for every image
     written = []
     progress = keras.utils.Progbar(len(stems), unit_name="image", verbose=int(verbose and not tiling))
     for path, stem in zip(paths, stems, strict=True):
         image = read_image(path)
         if tiling:
-            mask = predict_tiled(model, image, verbose=verbose, **tiling)
+            mask = predict_tiled(probabilities, image, verbose=verbose, **tiling)
         else:
             mask = _class_ids(predict, image)
         classes_png = os.path.join(output_dir, f"{stem}_classes.png")

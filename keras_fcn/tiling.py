@@ -93,8 +93,12 @@ def blend_weights(tile: tuple[int, int], blend: str = "gaussian", sigma_scale: f
     return np.maximum(weights / weights.max(), MIN_GAUSSIAN_WEIGHT).astype(np.float32)
 
 
-def _probabilities_fn(model):
-    """`tiles (N, h, w, 3) float32 -> softmax (N, h, w, C) float32`, traced once for any tile size."""
+def probabilities_fn(model):
+    """`tiles (N, h, w, 3) float32 -> softmax (N, h, w, C) float32`, traced once for any tile size.
+
+    Build it once and pass it to `predict_tiled` in place of the model when predicting many images: each
+    call with the model itself traces a new graph function.
+    """
     if not isinstance(model, keras.Model):
         return lambda tiles: np.asarray(model(tiles), np.float32)  # a plain callable: already probabilities
 
@@ -215,7 +219,7 @@ def predict_tiled(
     elif tuple(out.shape) != (height, width):
         raise ValueError(f"out must have the image's shape {(height, width)}. Received: out.shape={tuple(out.shape)}")
     rows, columns = tile_starts(height, tile[0], strides[0]), tile_starts(width, tile[1], strides[1])
-    probabilities = with_tta(_probabilities_fn(model), tta, scales)
+    probabilities = with_tta(probabilities_fn(model), tta, scales)
     full = None
     progress = keras.utils.Progbar(len(rows) * len(columns), unit_name="tile", verbose=int(verbose))
 
