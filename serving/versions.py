@@ -121,7 +121,9 @@ class ServedModel:
         """One pass over the base path, as TF Serving's version source and manager make it.
 
         Aspired versions not loaded are loaded (a folder replaced under a loaded number too), a
-        failed one again on later polls up to `max_num_load_retries` times. Then versions gone
+        failed one again on later polls up to `max_num_load_retries` times. A loaded version whose
+        folder changed but fails to load (replaced by a broken one, or caught half-deleted) keeps
+        serving its copy in memory. Then versions gone
         from disk are unloaded and forgotten (a number that comes back is a new version, so
         deleting the latest rolls back to the one before), and loaded versions no longer aspired
         are unloaded once an aspired one is AVAILABLE: the old latest serves until its
@@ -137,8 +139,7 @@ class ServedModel:
                 continue
             if self._failures.get(version, 0) > self.max_num_load_retries:
                 continue
-            if not self._load(version, warm_up) and version in self._versions:
-                self._unload(version, "its folder was replaced by one that failed to load")
+            self._load(version, warm_up)
         for version in [v for v in self._versions if v not in on_disk]:
             self._unload(version, "its folder is gone")  # after loading, so a rollback has no gap
         if not any(v in self._versions for v in aspired):
@@ -162,9 +163,11 @@ class ServedModel:
         return self._identities.get(version) != self._identity(version)
 
     def _load(self, version: int, warm_up) -> bool:
-        """Loads (or replaces) `version`; True when it is AVAILABLE."""
+        """Loads (or replaces) `version`; True when the folder loaded and is AVAILABLE."""
         with self._lock:
-            self._states[version] = (State.LOADING, "")
+            replacing = version in self._versions
+            if not replacing:
+                self._states[version] = (State.LOADING, "")
         path = self._folder(version)
         identity = self._identity(version)
         started = time.monotonic()
@@ -175,19 +178,22 @@ class ServedModel:
             failures = self._failures[version] = self._failures.get(version, 0) + 1
             retries_left = max(self.max_num_load_retries + 1 - failures, 0)
             log.error(
-                "Loading servable version {name: %s version: %d} failed (%d retries left): %s",
+                "Loading servable version {name: %s version: %d} failed (%d retries left)%s: %s",
                 self.name,
                 version,
                 retries_left,
+                "; the copy loaded before keeps serving" if replacing else "",
                 error,
             )
+            if self._on_load is not None:
+                self._on_load(path, False, time.monotonic() - started)
+            if replacing:
+                return False  # availability first: a rmtree caught midway must not leave a gap
             with self._lock:
                 # TensorFlow's own load errors read as TF Serving reports them; others name their type.
                 known = isinstance(error, (FileNotFoundError, tf.errors.OpError))
                 self._states[version] = (State.END, str(error) if known else f"{type(error).__name__}: {error}")
                 self._error_codes[version] = _load_error_code(error)
-            if self._on_load is not None:
-                self._on_load(path, False, time.monotonic() - started)
             return False
         self._failures.pop(version, None)
         self._identities[version] = identity
@@ -241,6 +247,7 @@ class ServedModel:
         """The loaded version numbers, newest first."""
         with self._lock:
             return sorted(self._versions, reverse=True)
+
     def load_errors(self) -> dict[int, str]:
         """{version: error} of the failed loads when no version is AVAILABLE (else empty)."""
         with self._lock:

@@ -214,6 +214,32 @@ def test_rollback_and_reexport_of_a_deleted_version(tmp_path, base):
     np.testing.assert_allclose(_probabilities(served, images), reference(models[1], images), atol=1e-5)
 
 
+def test_a_version_caught_half_deleted_or_replaced_by_a_broken_folder_keeps_serving(tmp_path, base):
+    path, models = base
+    local = str(tmp_path / "fcn")
+    for version in (1, 2):
+        shutil.copytree(os.path.join(path, "1"), os.path.join(local, str(version)))
+    served, poll = _served_model(local)
+    poll()
+    images = random_images(1, 24, 24, seed=5)
+    # A poll between two steps of `rm -r 2`: the folder is there, its SavedModel is not.
+    os.remove(os.path.join(local, "2", "saved_model.pb"))
+    poll()
+    assert _states(served) == {2: "AVAILABLE"} and served.resolve(None).version == 2
+    np.testing.assert_allclose(_probabilities(served, images), reference(models[1], images), atol=1e-5)
+    shutil.rmtree(os.path.join(local, "2"))
+    poll()
+    assert _states(served) == {1: "AVAILABLE", 2: "END"} and served.resolve(None).version == 1
+    # A folder replaced by a broken one under the loaded number: the copy in memory serves on.
+    shutil.rmtree(os.path.join(local, "1"))
+    os.makedirs(os.path.join(local, "1", "variables"))
+    with open(os.path.join(local, "1", "saved_model.pb"), "wb") as f:
+        f.write(b"\x0a\xff\xff\xff not a SavedModel")
+    poll()
+    assert _states(served) == {1: "AVAILABLE", 2: "END"} and served.resolve(None).version == 1
+    np.testing.assert_allclose(_probabilities(served, images), reference(models[1], images), atol=1e-5)
+
+
 def test_model_config_file_with_labels(tmp_path, base):
     path, models = base
     config = tmp_path / "models.config"
