@@ -26,12 +26,11 @@ from keras_fcn import surgery
 from keras_fcn.backbone import VGG16_FC_UNITS, VGG16_FILTERS, check_filters, vgg16_features
 from keras_fcn.gemm_conv import GEMMConv2D
 from keras_fcn.layers import BilinearUpsampling, CaffePreprocessing, CropToReference, PadToMultiple
-from keras_fcn.variants import GEOMETRIES, VARIANTS
+from keras_fcn.variants import GEOMETRIES, STRIDE, VARIANTS
 from keras_fcn.vgg16 import CAFFE_BGR_MEAN
 from keras_fcn.weights import load_backbone_weights, transfer_weights
 
 # The network's total stride: five 2x2 poolings.
-STRIDE = 32
 # At-once training scales the skip features so that their scores start small next to the coarse ones.
 AT_ONCE_POOL4_SCALE = 0.01
 AT_ONCE_POOL3_SCALE = 0.0001

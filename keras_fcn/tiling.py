@@ -15,6 +15,9 @@ Test-time augmentation (`tta=("hflip",)`, `scales=(0.75, 1.0, 1.25)`) runs each 
 scale (bilinear resize of the tile, then of its probabilities back) and averages the probabilities, for the
 same reason; tiles and augmentation combine.
 
+The module loads TensorFlow only for what needs it (a Keras model, resizing for scales, a progress bar), so
+that a client blending a served model's tiles (`FCNClient.predict_tiled`) stays light.
+
 Tiles run row of tiles by row of tiles. Once a row of tiles is done, the image rows above the next row of
 tiles are final: their class ids are written out and their buffer reused, so the scores held at any time
 are one strip `tile_height x image_width x classes`, whatever the image's height.
@@ -22,14 +25,12 @@ are one strip `tile_height x image_width x classes`, whatever the image's height
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Sequence
 
-import keras
 import numpy as np
-import tensorflow as tf
 
-from keras_fcn.data import read_image
-from keras_fcn.models import STRIDE
+from keras_fcn.variants import STRIDE
 
 BLENDS = ("mean", "gaussian")
 FLIPS = {"hflip": 2, "vflip": 1}  # test-time flips: the axis of (N, H, W, C) each reverses
@@ -99,8 +100,10 @@ def probabilities_fn(model):
     Build it once and pass it to `predict_tiled` in place of the model when predicting many images: each
     call with the model itself traces a new graph function.
     """
-    if not isinstance(model, keras.Model):
+    keras = sys.modules.get("keras")  # not imported yet: the model cannot be a Keras model
+    if keras is None or not isinstance(model, keras.Model):
         return lambda tiles: np.asarray(model(tiles), np.float32)  # a plain callable: already probabilities
+    import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32)], reduce_retracing=True)
     def probabilities(tiles):
@@ -139,6 +142,8 @@ def with_tta(probabilities, tta: Sequence[str] = (), scales: Sequence[float] = (
 
 
 def _resize(images: np.ndarray, size) -> np.ndarray:
+    import tensorflow as tf
+
     return tf.image.resize(images, size, method="bilinear").numpy()
 
 
@@ -148,7 +153,11 @@ def _reader(image, image_shape) -> tuple[WindowReader, tuple[int, int]]:
             raise ValueError("A window reader needs the image's size: pass image_shape=(height, width). "
                              "Received: image_shape=None")  # fmt: skip
         return image, _pair(image_shape, "image_shape")
-    pixels = read_image(image) if isinstance(image, str) else np.asarray(image)
+    if isinstance(image, str):
+        from keras_fcn.data.files import read_image
+
+        image = read_image(image)
+    pixels = np.asarray(image)
     if pixels.ndim != 3 or pixels.shape[-1] != 3:
         raise ValueError(f"image must be (height, width, 3) RGB pixels. Received: image.shape={pixels.shape}")
     return (lambda top, bottom, left, right: pixels[top:bottom, left:right]), pixels.shape[:2]
@@ -221,7 +230,7 @@ def predict_tiled(
     rows, columns = tile_starts(height, tile[0], strides[0]), tile_starts(width, tile[1], strides[1])
     probabilities = with_tta(probabilities_fn(model), tta, scales)
     full = None
-    progress = keras.utils.Progbar(len(rows) * len(columns), unit_name="tile", verbose=int(verbose))
+    progress = _progress_bar(len(rows) * len(columns), verbose)
 
     strip_scores, strip_weights, top = None, np.zeros((tile[0], width), np.float32), 0  # the strip's first row
     for index, row in enumerate(rows):
@@ -251,6 +260,19 @@ def predict_tiled(
         strip_weights[kept:] = 0
         top = done
     return (out, full) if return_probabilities else out
+
+
+def _progress_bar(total: int, verbose: bool):
+    if not verbose:
+        return _NoProgress()
+    import keras
+
+    return keras.utils.Progbar(total, unit_name="tile")
+
+
+class _NoProgress:
+    def add(self, count: int) -> None:
+        pass
 
 
 def tile_count(image_shape: Sequence[int], tile_size: int | Sequence[int], overlap: float | int) -> int:

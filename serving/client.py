@@ -157,6 +157,63 @@ class FCNClient:
             isinstance(images, np.ndarray) and images.ndim == 4
         ):
             images = [images]
+        response = self._predict(self._request(images, probabilities), timeout=self.timeout)
+        return self._answer(response, probabilities)
+
+    def predict_tiled(
+        self,
+        image,
+        *,
+        tile_size: int | Sequence[int] = 512,
+        overlap: float | int = 0.25,
+        blend: str = "gaussian",
+        max_in_flight: int = 4,
+        probabilities: bool = False,
+        on_tiles=None,
+    ) -> Segmentation:
+        """Segments one image of any size in overlapping tiles, for images past the server's pixel cap.
+
+        Each tile is its own request, `max_in_flight` at a time; their probabilities are blended on the
+        client as `keras_fcn.tiling.predict_tiled` blends a local model's. Every tile asks for the version
+        that answered the first, so a new version loaded meanwhile does not mix into one image.
+
+        Args:
+            image: a file path, encoded bytes, or `(H, W, 3)` uint8 pixels.
+            tile_size, overlap, blend: as in `keras_fcn.tiling.predict_tiled`.
+            max_in_flight: tiles sent at once (each waits for the slowest of its group).
+            probabilities: also return the blended `(1, H, W, C)` probabilities.
+            on_tiles: called with the number of tiles after each group is answered (a progress bar).
+
+        Returns:
+            A `Segmentation` of one image.
+
+        Raises:
+            grpc.RpcError: when the server refuses a tile.
+            ValueError: on bad tile arguments (see `predict_tiled`).
+        """
+        from keras_fcn.tiling import predict_tiled  # numpy only: no TensorFlow for the client
+
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be at least 1. Received: max_in_flight={max_in_flight!r}")
+        pinned = {"version": self.version}
+
+        def tile_probabilities(tiles: np.ndarray) -> np.ndarray:
+            requests = [self._request([tile.astype(np.uint8)], True, version=pinned["version"]) for tile in tiles]
+            calls = [self._predict.future(request, timeout=self.timeout) for request in requests]
+            answers = [self._answer(call.result(), True) for call in calls]
+            pinned["version"] = answers[0].model_version
+            if on_tiles is not None:
+                on_tiles(len(tiles))
+            return np.concatenate([answer.probabilities for answer in answers])
+
+        answer = predict_tiled(
+            tile_probabilities, _pixels(image), tile_size=tile_size, overlap=overlap, blend=blend,
+            batch_size=max_in_flight, return_probabilities=probabilities,
+        )  # fmt: skip
+        class_ids, scores = answer if probabilities else (answer, None)
+        return Segmentation(class_ids[None], None if scores is None else scores[None], pinned["version"])
+
+    def _request(self, images, probabilities: bool, *, version: int | None = None) -> PredictRequest:
         request = PredictRequest()
         if self.encoded:
             self._model_spec(request.model_spec, "serve_encoded")
@@ -167,8 +224,13 @@ class FCNClient:
             self._model_spec(request.model_spec, "serving_default")
             request.inputs["images"].CopyFrom(make_tensor_proto(np.stack([_pixels(x) for x in images])))
             wanted = ["class_ids", "probabilities"] if probabilities else ["class_ids"]
+        if version is not None:
+            request.model_spec.version.value = version  # replaces a label (one of the two)
         request.output_filter.extend(wanted)
-        response = self._predict(request, timeout=self.timeout)
+        return request
+
+    @staticmethod
+    def _answer(response, probabilities: bool) -> Segmentation:
         outputs = response.outputs
         if "class_map_png_bytes" in outputs:
             class_ids = np.stack([decode_class_map(png) for png in outputs["class_map_png_bytes"].string_val])

@@ -116,6 +116,7 @@ def make_workspace(root) -> None:
     for name, size in (("photo1.jpg", (60, 80)), ("photo2.jpg", (45, 50)), ("street.jpg", (48, 64))):
         photo(os.path.join(root, name), size, seed=len(name))
     photo(os.path.join(root, "park.png"), (40, 56), seed=3)
+    photo(os.path.join(root, "aerial.jpg"), (90, 120), seed=4)
     classifier = he_init(vgg16_classifier(TINY["backbone_filters"], TINY["fc_units"], classes=10))
     write_legacy_h5(classifier, os.path.join(root, "vgg16_weights_tf_dim_ordering_tf_kernels.h5"))
     # The reference's weight files by their names: tiny nets of their exact layer structure.

@@ -87,15 +87,7 @@ def add_tiling_flags(parser: argparse.ArgumentParser) -> None:
     tiles = parser.add_argument_group(
         "tiles and test-time augmentation", "predict each image in overlapping tiles, or averaged over flips and scales"
     )
-    tiles.add_argument("--tile-size", type=int, help="side of the tiles in pixels, at least 32 (default: whole images)")
-    tiles.add_argument(
-        "--overlap", type=_overlap, default=0.25,
-        help="overlap of the tiles: a fraction in [0, 1) or pixels (default: 0.25)",
-    )  # fmt: skip
-    tiles.add_argument(
-        "--blend", choices=("gaussian", "mean"), default="gaussian",
-        help="weights of each tile's probabilities: a Gaussian centred on the tile, or plain means (default: gaussian)",
-    )  # fmt: skip
+    add_tile_flags(tiles)
     tiles.add_argument("--batch-size", type=int, default=4, help="tiles per model call (default: 4)")
     tiles.add_argument(
         "--tta", nargs="+", choices=("hflip", "vflip"), default=[],
@@ -109,6 +101,19 @@ def add_tiling_flags(parser: argparse.ArgumentParser) -> None:
         "--max-image-pixels", type=int,
         help="Pillow's guard against decompression bombs: refuse image files with more pixels than this "
         "(default: Pillow's, 89,478,485; 0: no limit, for files you trust)",
+    )  # fmt: skip
+
+
+def add_tile_flags(group) -> None:
+    """--tile-size, --overlap and --blend (predict, evaluate, query)."""
+    group.add_argument("--tile-size", type=int, help="side of the tiles in pixels, at least 32 (default: whole images)")
+    group.add_argument(
+        "--overlap", type=_overlap, default=0.25,
+        help="overlap of the tiles: a fraction in [0, 1) or pixels (default: 0.25)",
+    )  # fmt: skip
+    group.add_argument(
+        "--blend", choices=("gaussian", "mean"), default="gaussian",
+        help="weights of each tile's probabilities: a Gaussian centred on the tile, or plain means (default: gaussian)",
     )  # fmt: skip
 
 

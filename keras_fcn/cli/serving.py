@@ -3,6 +3,7 @@ server, and a gRPC client."""
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -10,6 +11,7 @@ import time
 from keras_fcn.cli.common import (
     CommandError,
     add_precision_flag,
+    add_tile_flags,
     class_names_for,
     data_options,
     load_model,
@@ -303,6 +305,11 @@ def add_query(verbs) -> None:
     parser.add_argument("--tls-key", metavar="PEM", help="the client certificate's private key")
     parser.add_argument("--tls-server-name", metavar="NAME", help="the name the server certificate must carry")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
+    tiles = parser.add_argument_group(
+        "tiles", "an image past the server's pixel cap, sent in overlapping tiles whose probabilities are blended here"
+    )
+    add_tile_flags(tiles)
+    tiles.add_argument("--max-in-flight", type=int, default=4, help="tiles sent at once (default: 4)")
     parser.set_defaults(run=_run_query)
 
 
@@ -312,8 +319,8 @@ class _Progress:
     Keras's Progbar would import TensorFlow, which the query verb does not otherwise need.
     """
 
-    def __init__(self, total: int, verbose: bool):
-        self.total, self.verbose, self.done = total, verbose, 0
+    def __init__(self, total: int, verbose: bool, unit: str = "image"):
+        self.total, self.verbose, self.done, self.unit = total, verbose, 0, unit
         self.started = time.monotonic()
         self.in_place = sys.stdout.isatty()
 
@@ -322,9 +329,22 @@ class _Progress:
         if not self.verbose:
             return
         seconds = time.monotonic() - self.started
-        line = f"{self.done}/{self.total} images, {seconds:.1f} s ({1000 * seconds / self.done:.0f} ms/image)"
+        line = (
+            f"{self.done}/{self.total} {self.unit}s, {seconds:.1f} s ({1000 * seconds / self.done:.0f} ms/{self.unit})"
+        )
         end = "\n" if not self.in_place or self.done == self.total else ""
         print(f"\r{line}" if self.in_place else line, end=end, flush=True)
+
+
+def _tile_hint(details: str) -> str:
+    """For a refusal over the served model's pixel limit: the largest tile (a multiple of 32) under it."""
+    import re
+
+    found = re.search(r"images too large: .* the limit is (\d+)", details)
+    if not found:
+        return ""
+    side = 32 * (math.isqrt(int(found.group(1))) // 32)
+    return f" (send it in tiles: --tile-size {side})" if side >= 32 else ""
 
 
 def _run_query(args) -> int:
@@ -347,8 +367,25 @@ def _run_query(args) -> int:
             raise CommandError(f"TLS files: {error}") from error
     elif args.tls_server_name:
         raise CommandError("--tls-server-name needs --tls or --tls-ca")
+    if args.max_in_flight < 1:
+        raise CommandError(f"--max-in-flight must be at least 1. Received: {args.max_in_flight}")
+    if args.tile_size is not None:
+        from PIL import Image
+
+        from keras_fcn.tiling import tile_count
+
+        try:
+            shapes = []
+            for path in args.images:
+                with Image.open(path) as image:  # the header only: the size
+                    shapes.append((image.height, image.width))
+            total = sum(tile_count(shape, args.tile_size, args.overlap) for shape in shapes)
+        except (OSError, ValueError) as error:
+            raise CommandError(str(error)) from error
+        progress = _Progress(total, verbose=not args.quiet, unit="tile")
+    else:
+        progress = _Progress(len(args.images), verbose=not args.quiet)
     os.makedirs(args.output, exist_ok=True)
-    progress = _Progress(len(args.images), verbose=not args.quiet)
     report = []  # printed after the progress bar, which would break the lines up
     with FCNClient(
         args.address,
@@ -360,9 +397,19 @@ def _run_query(args) -> int:
     ) as client:
         for path in args.images:  # one request each: images of different sizes cannot share one
             try:
-                class_ids = client.predict([path]).class_ids[0]
+                if args.tile_size is None:
+                    class_ids = client.predict([path]).class_ids[0]
+                    progress.add(1)
+                else:
+                    class_ids = client.predict_tiled(
+                        path, tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
+                        max_in_flight=args.max_in_flight, on_tiles=progress.add,
+                    ).class_ids[0]  # fmt: skip
             except grpc.RpcError as error:
-                raise CommandError(f"{path}: {error.code().name}: {error.details()}") from error
+                hint = _tile_hint(error.details() or "") if args.tile_size is None else ""
+                raise CommandError(f"{path}: {error.code().name}: {error.details()}{hint}") from error
+            except ValueError as error:
+                raise CommandError(f"{path}: {error}") from error
             stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
             save_class_png(class_ids, stem + "_class_ids.png")
             with open(path, "rb") as f:
@@ -372,7 +419,6 @@ def _run_query(args) -> int:
                 f"{c}: {n}" for c, n in zip(*np.unique(class_ids, return_counts=True), strict=True)
             )
             report.append(f"{path}: {stem}_class_ids.png, {stem}_overlay.png (pixels per class id: {present})")
-            progress.add(1)
     if not args.quiet:
         print("\n".join(report))
     return 0

@@ -102,6 +102,46 @@ def test_pixel_limit_holds_through_the_server(limited):
         )
 
 
+def test_an_image_past_the_pixel_limit_is_answered_in_tiles_blended_on_the_client(limited, tmp_path, capsys):
+    from PIL import Image
+
+    from keras_fcn.cli import main
+    from keras_fcn.serving import FCNClient
+    from keras_fcn.tiling import predict_tiled, tile_count
+
+    path, model, _ = limited
+    image = random_images(1, 75, 101, seed=4)[0]  # 7,575 pixels: 7x the limit, not a multiple of the tile
+    Image.fromarray(image).save(tmp_path / "large.png")
+    expected_ids, expected = predict_tiled(model, image, tile_size=32, overlap=0.25, return_probabilities=True)
+    with ModelServer("fcn", path, port=0, rest_port=None) as server, FCNClient(server.grpc_address, "fcn") as client:
+        sent = []
+        predict = client._predict
+
+        class Recorder:  # the requests the client sends, to see each one's version
+            def future(self, request, timeout):
+                sent.append(request.model_spec.version.value if request.model_spec.HasField("version") else None)
+                return predict.future(request, timeout=timeout)
+
+        client._predict = Recorder()
+        answer = client.predict_tiled(image, tile_size=32, overlap=0.25, max_in_flight=3, probabilities=True)
+        client._predict = predict
+        assert answer.model_version == 1 and answer.class_ids.shape == (1, 75, 101)
+        # The served tiles blended here are the local model's tiles blended by predict_tiled.
+        np.testing.assert_allclose(answer.probabilities[0], expected, atol=1e-5)
+        np.testing.assert_array_equal(answer.class_ids[0], expected_ids)
+        assert len(sent) == tile_count((75, 101), 32, 0.25) == 3 * 4  # rows at 0, 24, 43; columns at 0, 24, 48, 69
+        assert sent[:3] == [None] * 3 and sent[3:] == [1] * 9  # after the first group: pinned to the version
+
+        argv = ["query", "--address", server.grpc_address, "--model", "fcn", str(tmp_path / "large.png")]
+        capsys.readouterr()
+        assert main([*argv, "--output", str(tmp_path / "whole")]) == 2
+        error = capsys.readouterr().err
+        assert "images too large: 7575 decoded pixels" in error and "(send it in tiles: --tile-size 32)" in error
+        assert main([*argv, "--output", str(tmp_path / "tiles"), "--tile-size", "32", "--max-in-flight", "2"]) == 0
+        assert "12/12 tiles" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "tiles" / "large_class_ids.png")), expected_ids)
+
+
 # --- declared sizes are checked before any array exists ------------------------------------------
 
 

@@ -32,6 +32,7 @@ from tensorflow_serving.apis import (
 
 from keras_fcn.serving import FCNClient, wire
 from keras_fcn.serving.wire_tensors import make_ndarray, make_tensor_proto
+from keras_fcn.tiling import predict_tiled
 
 HEAVY = ("tensorflow", "keras", "tensorflow_serving")
 
@@ -430,3 +431,12 @@ def test_query_segments_against_the_server_without_loading_tensorflow(target, tm
     assert sure.mean() > 0.9
     np.testing.assert_array_equal(class_ids[sure], probabilities.argmax(-1)[sure])
     assert os.path.isfile(tmp_path / "out" / "street_overlay.png")
+    # In tiles blended on the client: still no TensorFlow (keras_fcn.tiling's blending is numpy).
+    argv[-1] = str(tmp_path / "tiled")
+    out, modules = _modules_after(f"from keras_fcn.cli import main\nassert main({[*argv, '--tile-size', '32']!r}) == 0")
+    assert modules == [] and "4/4 tiles" in out
+    tiled_ids = np.asarray(Image.open(tmp_path / "tiled" / "street_class_ids.png"))
+    _, blended = predict_tiled(target.models[target.latest], image, tile_size=32, return_probabilities=True)
+    sure = confident(blended)
+    assert sure.mean() > 0.9
+    np.testing.assert_array_equal(tiled_ids[sure], blended.argmax(-1)[sure])
