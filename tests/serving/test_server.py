@@ -155,6 +155,16 @@ def _served_model(base_path: str, **kwargs):
     return served, lambda: served.poll(predict)
 
 
+def _two_versions_served(tmp_path, path: str):
+    """Versions 1 and 2 (copies of `path`'s version 1) under the latest policy, polled once."""
+    local = str(tmp_path / "fcn")
+    for version in (1, 2):
+        shutil.copytree(os.path.join(path, "1"), os.path.join(local, str(version)))
+    served, poll = _served_model(local)
+    poll()
+    return local, served, poll
+
+
 def _states(served) -> dict:
     from keras_fcn.serving.versions import State
 
@@ -188,11 +198,7 @@ def test_failed_loads_are_retried_a_bounded_number_of_times(tmp_path, base):
 
 def test_rollback_and_reexport_of_a_deleted_version(tmp_path, base):
     path, models = base
-    local = str(tmp_path / "fcn")
-    for version in (1, 2):
-        shutil.copytree(os.path.join(path, "1"), os.path.join(local, str(version)))
-    served, poll = _served_model(local)
-    poll()
+    local, served, poll = _two_versions_served(tmp_path, path)
     assert _states(served) == {2: "AVAILABLE"}  # the latest policy loads only version 2
     shutil.rmtree(os.path.join(local, "2"))
     poll()
@@ -216,11 +222,7 @@ def test_rollback_and_reexport_of_a_deleted_version(tmp_path, base):
 
 def test_a_version_caught_half_deleted_or_replaced_by_a_broken_folder_keeps_serving(tmp_path, base):
     path, models = base
-    local = str(tmp_path / "fcn")
-    for version in (1, 2):
-        shutil.copytree(os.path.join(path, "1"), os.path.join(local, str(version)))
-    served, poll = _served_model(local)
-    poll()
+    local, served, poll = _two_versions_served(tmp_path, path)
     images = random_images(1, 24, 24, seed=5)
     # A poll between two steps of `rm -r 2`: the folder is there, its SavedModel is not.
     os.remove(os.path.join(local, "2", "saved_model.pb"))
