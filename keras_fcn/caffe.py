@@ -250,7 +250,7 @@ def recognise(net: CaffeNet) -> Recognised:
     if dataset is None or len(dataset.class_names) != num_classes:
         raise CaffeModelError(
             f"Found an FCN ({variant}) with {num_classes} classes, which matches none of the reference's datasets "
-            "(VOC 21, PASCAL-Context 60, NYUDv2 40, SIFT Flow 33). Received: path={path!r}"
+            f"(VOC 21, PASCAL-Context 60, NYUDv2 40, SIFT Flow 33). Received: path={path!r}"
         )
 
     layer_map = {keras_name: caffe_name for caffe_name, keras_name in BACKBONE_LAYERS}

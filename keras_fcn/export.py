@@ -79,7 +79,7 @@ def version_folders(base_path: str) -> dict[int, str]:
     folders: dict[int, str] = {}
     for entry in sorted(os.listdir(base_path)):
         path = os.path.join(base_path, entry)
-        if entry.isdigit() and os.path.isdir(path):
+        if entry.isascii() and entry.isdecimal() and os.path.isdir(path):  # not `²`, which isdigit() takes
             folders.setdefault(int(entry), path)
     return dict(sorted(folders.items()))
 

@@ -210,7 +210,7 @@ def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int 
             if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                 return self._chunked_body()
             text = (self.headers.get("Content-Length") or "0").strip()
-            if not text.isdigit():
+            if not (text.isascii() and text.isdecimal()):
                 self.close_connection = True  # where this body ends is unknown
                 raise invalid_argument(f"Content-Length must be a non-negative integer; received {text[:40]!r}")
             length = int(text)

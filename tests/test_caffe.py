@@ -284,6 +284,13 @@ def test_cli_convert_with_prototxt_and_flag_errors(tmp_path, capsys):
     assert "--prototxt goes with --caffemodel" in capsys.readouterr().err
 
 
+def test_a_class_count_of_no_reference_dataset_names_the_file(tmp_path):
+    _, caffemodel = caffe_nets.fcn_net("fcn32s", 7).write(str(tmp_path), (32, 32), stem="seven")
+    with pytest.raises(caffe.CaffeModelError, match="with 7 classes") as caught:
+        caffe.load_caffemodel(caffemodel)
+    assert f"Received: path={caffemodel!r}" in str(caught.value)
+
+
 def test_crop_offsets_and_pooling_in_the_file_must_be_the_models(tmp_path):
     for layer_name, change, message in (("score", "offset", "offset 19"), ("pool2", "stride", "pool2")):
         writer = caffe_nets.fcn_net("fcn32s", 21)

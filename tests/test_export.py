@@ -73,6 +73,7 @@ def test_next_version_and_explicit_version(tmp_path):
     base = str(tmp_path / "m")
     os.makedirs(os.path.join(base, "0007"))  # TF Serving reads 0007 as version 7
     os.makedirs(os.path.join(base, "notes"))  # non-numeric folders are ignored
+    os.makedirs(os.path.join(base, "²"))  # a digit to str.isdigit, not a number to int()
     assert export_saved_model(model, base, verbose=False).version == 8
     assert export_saved_model(model, base, version=20, verbose=False).version == 20
     assert list_versions(base) == [7, 8, 20]
@@ -82,7 +83,7 @@ def test_next_version_and_explicit_version(tmp_path):
         export_saved_model(model, base, class_names=["one"], verbose=False)
     with pytest.raises(ValueError, match="Received: version"):
         export_saved_model(model, base, version=-1, verbose=False)
-    assert sorted(os.listdir(base)) == ["0007", "20", "8", "notes"]
+    assert sorted(os.listdir(base)) == ["0007", "20", "8", "notes", "²"]
 
 
 def test_concurrent_exports_take_distinct_versions(tmp_path, monkeypatch):

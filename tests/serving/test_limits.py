@@ -270,6 +270,10 @@ def test_rest_body_limit_and_chunked_bodies(limited):
         assert _raw_http(
             server.rest_port, b"POST /v1/models/fcn:predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
         ).startswith(b"HTTP/1.1 400")
+        # A superscript two is a digit to str.isdigit() but no number to int(): 400, not 500.
+        assert _raw_http(
+            server.rest_port, "POST /v1/models/fcn:predict HTTP/1.1\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1")
+        ).startswith(b"HTTP/1.1 400")
         assert _post(server.rest_address, body)[0] == 200  # and it still serves
 
 
