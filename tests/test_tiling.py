@@ -48,6 +48,27 @@ def test_one_tile_covering_the_image_gives_the_models_class_ids(geometry):
         np.testing.assert_array_equal(predict_tiled(model, image, tile_size=tile), expected)
 
 
+@pytest.mark.parametrize(
+    "variant,precision",
+    [("fcn32s", "float32"), ("fcn16s", "float32"), ("fcn8s_at_once", "float32"), ("fcn8s", "bfloat16")],
+)
+def test_one_tile_is_the_model_in_every_variant_and_precision(variant, precision):
+    from keras_fcn.precision import with_precision
+
+    model = with_precision(he_init(keras_fcn.build_fcn(variant, 7, **TINY), seed=3, bias_std=0.5), precision)
+    image = np.random.default_rng(2).integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    logits = np.asarray(model(image[None].astype(np.float32)), np.float32)[0]
+    class_ids = predict_tiled(model, image, tile_size=64)
+    assert len(np.unique(class_ids)) >= 3
+    if precision == "float32":
+        np.testing.assert_array_equal(class_ids, logits.argmax(-1))
+    else:  # bfloat16 logits tie on some pixels: compare where the top two differ
+        top = np.sort(logits, axis=-1)
+        sure = top[..., -1] - top[..., -2] > 1e-3
+        assert sure.mean() > 0.9
+        np.testing.assert_array_equal(class_ids[sure], logits.argmax(-1)[sure])
+
+
 def pointwise_model(classes=5, seed=0):
     """A per-pixel classifier (1x1 convolutions): its scores of a pixel do not depend on the tile around it."""
     keras.utils.set_random_seed(seed)

@@ -8,15 +8,16 @@
 `overhead`: `predict_tiled` on one image against the sum of its tiles' model calls alone (the same tiles,
 batches and traced function, each call timed), so the ratio is what cutting, blending and writing add;
 the FCN-8s has VGG16's widths unless `--narrow`, random weights (speed does not depend on them).
-`accuracy`: a trained model (the demo's) on generated scenes of many shapes at its training scale, whole
-and in tiles (sides `--tiles`, overlaps 0, 0.25, 0.5, both blends): the fraction of pixels whose class id
-equals the whole image's, the mean IU of each against the masks, and the seconds.
+`accuracy`: a trained model (the demo's) on larger generated scenes (mosaics of images like its training
+set, cut across the seams), whole and in tiles (sides `--tiles`, overlaps 0, 0.25, 0.5, both blends): the
+fraction of pixels whose class id equals the whole image's, the mean IU of each against the masks, and the
+seconds.
 `tta`: the same model on its own held-out set (the demo's 100 images: `synthetic:100`, seed 1000003) and on
 larger scenes, without augmentation, with flips, scales and both: mean IU and seconds.
 `large`: a narrow FCN-8s over a generated image read through a window reader (never whole in memory),
 its class map written to a memory-mapped `.npy`; prints the peak resident memory of this process.
 
-The CPU, the TensorFlow version and an float32 GEMM's FLOP/s measured in the same process are printed
+The CPU, the TensorFlow version and a float32 GEMM's FLOP/s measured in the same process are printed
 first, so figures from different machines can be compared as ratios. `--json PATH` writes every figure.
 """
 
@@ -67,14 +68,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def scenes(side: int, count: int, num_classes: int, seed: int = 7):
-    """`count` generated scenes `side x side`: shapes of the demo's training scale, about 3 per 128x128."""
+    """`count` generated scenes `side x side` at the demo's scale: mosaics of 128x128 images like its own.
+
+    One generated image of `side` pixels would not do: the shapes' sizes and the background's gradient
+    scale with the image, so it would not look like what the model learned. The mosaic is cut at an offset
+    of half a cell, so that its seams do not fall on the tiles' edges.
+    """
     from keras_fcn.data import synthetic
 
-    scale = 128 / side  # the demo trains on 128x128 images with radii 0.12-0.3 of the side
-    source = synthetic(num_examples=count, image_size=(side, side), num_classes=num_classes,
-                       size_range=(0.12 * scale, 0.3 * scale), max_objects=max(3, round(3 / scale**2 / 2)),
-                       seed=seed)  # fmt: skip
-    return [source.load(i) for i in range(count)]
+    cells = side // 128 + 2
+    source = synthetic(num_examples=count * cells * cells, image_size=(128, 128), num_classes=num_classes, seed=seed)
+    result = []
+    for index in range(count):
+        pairs = [source.load(index * cells * cells + i) for i in range(cells * cells)]
+        grid = [pairs[r * cells : (r + 1) * cells] for r in range(cells)]
+        image, mask = (np.concatenate([np.concatenate([p[k] for p in row], 1) for row in grid]) for k in (0, 1))
+        result.append((image[64 : 64 + side, 64 : 64 + side], mask[64 : 64 + side, 64 : 64 + side]))
+    return result
 
 
 def mean_iu(pairs, num_classes: int) -> float:
