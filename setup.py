@@ -41,12 +41,11 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        # keras-fcn export --format onnx / litert: the converter and the runtime that checks the file
-        "onnx": ["tf2onnx>=1.17", "onnx>=1.16", "onnxruntime>=1.18"],
+        # keras-fcn export --format onnx / litert: the file's library or converter, and the runtime that checks it
+        "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
         "litert": ["ai-edge-litert>=1.2"],
         "dev": [
             # both export formats are tested
-            "tf2onnx>=1.17",
             "onnx>=1.16",
             "onnxruntime>=1.18",
             "ai-edge-litert>=1.2",

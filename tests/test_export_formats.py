@@ -36,7 +36,8 @@ def run_litert(path, batch):
     return Interpreter(model_path=path).get_signature_runner("serving_default")(images=batch)
 
 
-@pytest.mark.parametrize("variant,geometry", [("fcn8s", "aligned"), ("fcn32s", "caffe")])
+@pytest.mark.parametrize("geometry", ["aligned", "caffe"])
+@pytest.mark.parametrize("variant", ["fcn32s", "fcn16s", "fcn8s", "fcn8s_at_once"])
 def test_onnx_matches_the_model_at_any_size(tmp_path, variant, geometry):
     model = randomize_heads(keras_fcn.build_fcn(variant, 4, geometry=geometry, **TINY), std=0.5)
     path = str(tmp_path / "fcn.onnx")
@@ -56,6 +57,52 @@ def test_onnx_matches_the_model_at_any_size(tmp_path, variant, geometry):
         assert got["probabilities"].shape == want.shape and got["class_ids"].dtype == np.int32
         np.testing.assert_allclose(got["probabilities"], want, atol=1e-4)
         np.testing.assert_array_equal(got["class_ids"], want.argmax(-1))
+
+
+def test_onnx_of_a_bfloat16_model_computes_in_float32_and_unknown_layers_are_named(tmp_path):
+    import keras
+
+    from keras_fcn.precision import with_precision
+
+    model = randomize_heads(keras_fcn.fcn8s(4, **TINY), std=0.5)
+    fast = with_precision(model, "bfloat16")  # GEMMConv2D in fc6, bfloat16 compute
+    result = export_onnx(fast, str(tmp_path / "bf16.onnx"), verbose=False)
+    assert 0 < result.max_abs_difference <= 5e-2  # the low-precision tolerance
+    # The file holds the bfloat16 weights as float32 and computes in float32 (onnxruntime's CPU kernels).
+    assert {t.data_type for t in onnx.load(result.path).graph.initializer} <= {onnx.TensorProto.FLOAT,
+                                                                             onnx.TensorProto.INT64}  # fmt: skip
+    batch = images((1, 40, 36, 3))
+    got = run_onnx(result.path, batch)["probabilities"]
+    np.testing.assert_allclose(got, expected(fast, batch), atol=5e-2)
+    np.testing.assert_allclose(got, expected(model, batch), atol=5e-2)
+    inputs = keras.Input((None, None, 3))
+    odd = keras.Model(inputs, keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(3, 1)(inputs)))
+    with pytest.raises(ValueError, match=r"does not know layer 'bn' \(BatchNormalization\)"):
+        export_onnx(odd, str(tmp_path / "odd.onnx"), verbose=False)
+    assert not os.path.exists(tmp_path / "odd.onnx")
+
+
+@pytest.mark.slow
+def test_full_size_fcn8s_exports_to_onnx_within_4_gb(tmp_path):
+    import sys
+
+    from testing import he_init, run_with_peak_rss
+
+    model = he_init(keras_fcn.fcn8s(21), seed=3)  # VGG16's widths: 134.5 M parameters, 538 MB of float32
+    model.save(tmp_path / "full.keras")
+    onnx_path = str(tmp_path / "full.onnx")
+    command = [sys.executable, "-m", "keras_fcn.cli", "export", "--model", str(tmp_path / "full.keras"),
+               "--format", "onnx", "--output", onnx_path]  # fmt: skip
+    code, output, peak_mib = run_with_peak_rss(command)
+    assert code == 0, output[-3000:]
+    assert peak_mib <= 4096, f"the export's process tree peaked at {peak_mib:.0f} MiB"
+    assert "class ids agree on 100.00% of pixels" in output
+    batch = images((1, 70, 90, 3), seed=5)
+    want = expected(model, batch)
+    assert len(np.unique(want.argmax(-1))) > 1  # weights that make the comparison mean something
+    got = run_onnx(onnx_path, batch)
+    np.testing.assert_allclose(got["probabilities"], want, atol=1e-4)
+    np.testing.assert_array_equal(got["class_ids"], want.argmax(-1))
 
 
 def test_litert_matches_the_model_at_any_size(tmp_path):
@@ -133,3 +180,76 @@ def test_cli_export_formats(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse: not a choice
         main([*base, "--format", "tflite", "--output", litert_path])
     assert exit_info.value.code == 2
+
+
+# --- int8 -----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A small FCN-8s trained for a few seconds on synthetic shapes (it tells 3 classes apart), saved."""
+    from keras_fcn.demo import run_demo
+
+    folder = tmp_path_factory.mktemp("int8")
+    result = run_demo(str(folder / "demo"), image_size=64, train_examples=400, val_examples=16, epochs=4,
+                      steps_per_epoch=40, batch_size=8, crop_size=48, overlays=0, serve=False, verbose=0)  # fmt: skip
+    assert len(np.unique(result.predictions)) >= 3
+    path = str(folder / "small.keras")
+    result.model.save(path)
+    return result, path
+
+
+def _calibration(count=32, seed=0):
+    from keras_fcn.data import synthetic
+
+    source = synthetic(num_examples=count, image_size=(64, 64), num_classes=5, seed=seed)
+    return [source.load(i)[0] for i in range(count)]
+
+
+@pytest.mark.slow
+def test_int8_onnx_keeps_the_float32_models_class_ids(trained, tmp_path):
+    result, _ = trained
+    path = str(tmp_path / "int8.onnx")
+    export = export_onnx(result.model, path, quantize="int8", calibration_images=_calibration(),
+                         probe_data=(list(result.images), list(result.masks)), verbose=False)  # fmt: skip
+    report = export.reference_report
+    assert report["images"] == 16 and report["pixels"] == 16 * 64 * 64
+    assert report["class_agreement"] >= 0.99 and abs(report["mean_iu_difference"]) <= 0.01
+    # Recomputed here from the file and the Keras model, not taken from the report.
+    batch = np.stack(result.images)
+    got = run_onnx(path, batch)
+    want = expected(result.model, batch)
+    assert got["class_ids"].dtype == np.int32 and got["probabilities"].dtype == np.float32
+    assert np.mean(got["class_ids"] == want.argmax(-1)) == pytest.approx(report["class_agreement"])
+    graph = onnx.load(path).graph
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    quantized = [node.name for node in convs if node.input[1] in dequantized]
+    # All but the first convolution and the three score layers (score_fr, score_pool4, score_pool3).
+    assert len(quantized) == len(convs) - 4 and convs[0].name not in quantized
+    assert not any(name.startswith("score") for name in quantized)
+    assert os.path.getsize(path) < 0.5 * os.path.getsize(export_onnx(result.model, str(tmp_path / "f.onnx"),
+                                                                      verbose=False).path)  # fmt: skip
+
+
+@pytest.mark.slow
+def test_int8_below_the_agreement_is_refused_and_the_cli_names_bad_calibration_data(trained, tmp_path, capsys):
+    result, model_path = trained
+    path = tmp_path / "refused.onnx"
+    with pytest.raises(ValueError, match=r"fewer than min_class_agreement; .* was not written. Received: min_class"):
+        export_onnx(result.model, str(path), quantize="int8", calibration_images=_calibration(8),
+                    probe_data=(list(result.images), None), min_class_agreement=1.0, verbose=False)  # fmt: skip
+    assert os.listdir(tmp_path) == []  # neither the file nor its float32 step
+    base = ["export", "--model", model_path, "--format", "onnx", "--quantize", "int8", "--data-option",
+            "image_size=[64,64]"]  # fmt: skip
+    out = str(tmp_path / "cli.onnx")
+    assert main([*base, "--calibration-data", "synthetic:16", "--calibration-limit", "8", "--output", out]) == 0
+    printed = capsys.readouterr().out
+    assert "int8 vs float32 on 16 check images: class ids agree on" in printed and "mean IU" in printed
+    assert main([*base, "--calibration-data", "nowhere:data", "--output", str(tmp_path / "x.onnx")]) == 2
+    assert "--calibration-data nowhere:data" in capsys.readouterr().err
+    assert main([*base, "--output", str(tmp_path / "x.onnx")]) == 2
+    assert "--quantize int8 needs --calibration-data" in capsys.readouterr().err
+    assert main([*base[:4], "litert", *base[5:], "--calibration-data", "synthetic:4", "--output", "x.tflite"]) == 2
+    assert "--quantize int8 is written for --format onnx" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ["cli.onnx"]

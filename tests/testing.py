@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import threading
 import time
 
 import h5py
@@ -112,3 +114,27 @@ def wait_until(condition, timeout: float, what: str):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.2)
+
+
+def run_with_peak_rss(command: list[str], timeout: float = 600, **kwargs) -> tuple[int, str, float]:
+    """Runs `command`: (exit code, stdout and stderr, peak resident MiB of its process tree sampled every 0.1 s)."""
+    import psutil
+
+    with open(os.devnull, "rb") as stdin:
+        process = subprocess.Popen(command, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+    root, peak, chunks = psutil.Process(process.pid), 0, []
+    reader = threading.Thread(target=lambda: chunks.append(process.stdout.read()), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while process.poll() is None:
+        if time.monotonic() > deadline:
+            process.kill()
+            raise TimeoutError(f"{command[:3]} ran past {timeout} s")
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass  # a process of the tree ended between the listing and the reading
+        time.sleep(0.1)
+    reader.join()
+    return process.returncode, b"".join(chunks).decode(errors="replace"), peak / 2**20

@@ -38,8 +38,8 @@ def add_export(verbs) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--format", default="saved_model", choices=("saved_model", "onnx", "litert"),
-        help="saved_model (TF Serving, default), onnx (tf2onnx, opset 17; checked with onnxruntime) or litert "
-        "(TFLite built-in ops; checked with the LiteRT interpreter)",
+        help="saved_model (TF Serving, default), onnx (opset 17, written from the layers; checked with "
+        "onnxruntime) or litert (TFLite built-in ops; checked with the LiteRT interpreter)",
     )  # fmt: skip
     parser.add_argument("--force", action="store_true", help="onnx/litert: overwrite an existing file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or report")
@@ -76,9 +76,22 @@ def add_export(verbs) -> None:
                         help="an option of the --check-data source, e.g. image_size=[96,96]")  # fmt: skip
     parser.add_argument(
         "--min-class-agreement", type=float, default=None, metavar="FRACTION",
-        help="with --check-data: the smallest fraction of pixels whose class id must equal the float32 model's; "
-        f"below it nothing is exported (default: {DEFAULT_MIN_CLASS_AGREEMENT})",
+        help="with --check-data or --quantize: the smallest fraction of pixels whose class id must equal the "
+        f"float32 model's; below it nothing is exported (default: {DEFAULT_MIN_CLASS_AGREEMENT}; int8: 0.99)",
     )  # fmt: skip
+    parser.add_argument(
+        "--quantize", choices=("int8",),
+        help="onnx: static int8 quantization with onnxruntime (QDQ, per-channel weights), calibrated on "
+        "--calibration-data and checked against the float32 model on --check-data",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibration-data", metavar="SPEC",
+        help="with --quantize: images whose activations set the int8 ranges (a data spec, e.g. "
+        "voc:VOCdevkit/VOC2012 or synthetic:64); the check uses its --check-split unless --check-data is given",
+    )  # fmt: skip
+    parser.add_argument("--calibration-split", default="train", help="split of --calibration-data (default: train)")
+    parser.add_argument("--calibration-limit", type=int, default=64,
+                        help="images of --calibration-data used (default: 64)")  # fmt: skip
     parser.set_defaults(run=_run_export)
 
 
@@ -86,6 +99,10 @@ def _run_export(args) -> int:
     from keras_fcn.export import export_saved_model
     from keras_fcn.export_formats import export_litert, export_onnx
 
+    if args.quantize:
+        return _run_quantized_export(args)
+    if args.calibration_data:
+        raise CommandError("--calibration-data goes with --quantize int8")
     if args.format != "saved_model":
         given = [flag for flag, value in (("--version", args.version), ("--max-decoded-pixels",
                  args.max_decoded_pixels), ("--check-data", args.check_data)) if value is not None]  # fmt: skip
@@ -109,15 +126,7 @@ def _run_export(args) -> int:
         compare["min_class_agreement"] = (
             DEFAULT_MIN_CLASS_AGREEMENT if args.min_class_agreement is None else args.min_class_agreement
         )
-    class_names = None
-    if args.class_names:
-        try:
-            with open(args.class_names, encoding="utf-8") as f:
-                class_names = [line.strip() for line in f if line.strip()]
-        except OSError as error:
-            raise CommandError(f"Cannot read class names {args.class_names}: {error}") from None
-    else:
-        class_names = class_names_for(args.model, None, int(model.output_shape[-1]))
+    class_names = _export_class_names(args, int(model.output_shape[-1]))
     limit = {} if args.max_decoded_pixels is None else {"max_decoded_pixels": args.max_decoded_pixels}
     try:
         if args.format == "onnx":
@@ -135,23 +144,64 @@ def _run_export(args) -> int:
     return 0
 
 
+def _run_quantized_export(args) -> int:
+    """`export --quantize int8`: calibrated on --calibration-data, checked on --check-data (or its --check-split)."""
+    from keras_fcn.export_formats import export_onnx
+
+    if args.format != "onnx":
+        raise CommandError(f"--quantize int8 is written for --format onnx. Received: --format {args.format}")
+    if not args.calibration_data:
+        raise CommandError("--quantize int8 needs --calibration-data SPEC: images that set the int8 ranges")
+    if args.precision != "float32":
+        raise CommandError(f"--quantize int8 starts from the float32 model. Received: --precision {args.precision}")
+    model = load_model(args.model)
+    num_classes = int(model.output_shape[-1])
+    calibration, _ = _pairs(args, "calibration", args.calibration_data, args.calibration_split,
+                            args.calibration_limit, num_classes)  # fmt: skip
+    probe_data = _pairs(args, "check", args.check_data or args.calibration_data, args.check_split, args.check_limit,
+                        num_classes)  # fmt: skip
+    class_names = _export_class_names(args, num_classes)
+    try:
+        export_onnx(
+            model, args.output, class_names=class_names, tolerance=args.tolerance, force=args.force,
+            verbose=not args.quiet, quantize="int8", calibration_images=calibration, probe_data=probe_data,
+            min_class_agreement=args.min_class_agreement,
+        )  # fmt: skip
+    except (ValueError, OSError, ImportError) as error:
+        raise CommandError(str(error)) from error
+    return 0
+
+
+def _export_class_names(args, num_classes: int) -> list[str] | None:
+    """--class-names FILE (one a line), else the names beside the model (see `class_names_for`)."""
+    if not args.class_names:
+        return class_names_for(args.model, None, num_classes)
+    try:
+        with open(args.class_names, encoding="utf-8") as f:
+            return [line.strip() for line in f if line.strip()]
+    except OSError as error:
+        raise CommandError(f"Cannot read class names {args.class_names}: {error}") from None
+
+
 def _check_data(args, num_classes: int) -> tuple[list, list]:
     """The first `--check-limit` (image, mask) pairs of `--check-data`, as numpy arrays."""
+    return _pairs(args, "check", args.check_data, args.check_split, args.check_limit, num_classes)
+
+
+def _pairs(args, flag: str, spec: str, split: str, limit: int, num_classes: int) -> tuple[list, list]:
+    """The first `limit` (image, mask) pairs of the data `spec`'s `split`, as numpy arrays (`--{flag}-*` flags)."""
     from keras_fcn.data import DataError, data_errors, from_spec
 
-    if args.check_limit < 1:
-        raise CommandError(f"--check-limit must be positive. Received: --check-limit {args.check_limit}")
+    if limit < 1:
+        raise CommandError(f"--{flag}-limit must be positive. Received: --{flag}-limit {limit}")
     try:
-        source = from_spec(
-            args.check_data, args.check_split, num_classes=num_classes, seed=args.seed,
-            **data_options(args.data_option),
-        )  # fmt: skip
+        source = from_spec(spec, split, num_classes=num_classes, seed=args.seed, **data_options(args.data_option))
         with data_errors(source):
-            pairs = [(image.numpy(), mask.numpy()) for image, mask in source.dataset().take(args.check_limit)]
+            pairs = [(image.numpy(), mask.numpy()) for image, mask in source.dataset().take(limit)]
     except (DataError, ValueError) as error:
-        raise CommandError(str(error)) from None
+        raise CommandError(f"--{flag}-data {spec}: {error}") from None
     if not pairs:
-        raise CommandError(f"--check-data holds no images. Received: --check-data {args.check_data}")
+        raise CommandError(f"--{flag}-data holds no images. Received: --{flag}-data {spec}")
     images, masks = zip(*pairs, strict=True)
     return list(images), list(masks)
 
