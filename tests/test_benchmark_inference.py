@@ -16,8 +16,10 @@ def test_quick_run_writes_every_field(tmp_path, capsys):
     assert {"cpu", "cpu_count", "tensorflow", "date"} <= set(report["machine"])
     rows = report["rows"]
     combos = {(r["geometry"], r["precision"], r["path"]) for r in rows}
-    assert combos == {(g, p, k) for g in ("aligned", "caffe") for p in ("float32", "bfloat16")
-                      for k in ("keras", "saved_model", "grpc")}  # fmt: skip
+    expected = {(g, p, k) for g in ("aligned", "caffe") for p in ("float32", "bfloat16")
+                for k in ("keras", "saved_model", "grpc")}  # fmt: skip
+    expected |= {(g, "float32", k) for g in ("aligned", "caffe") for k in ("onnx", "onnx_int8")}  # float32 files
+    assert combos == expected
     for row in rows:
         assert row["ms_per_image"] > 0 and row["gflops"] > 0 and row["ratio_to_gemm"] > 0 and row["gflop"] > 0
         if row["path"] == "keras":

@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 
 from keras_fcn import atomic  # noqa: E402
 
-PATHS = ("keras", "saved_model", "grpc")
+PATHS = ("keras", "saved_model", "grpc", "onnx", "onnx_int8")
 FULL_RUN = {"variants": ["fcn8s", "fcn32s"], "geometries": ["aligned", "caffe"], "sizes": [(512, 512), (375, 500)],
             "batches": [1, 8], "repeats": 4, "gemm_size": 4096}  # fmt: skip
 NARROW = {"backbone_filters": (8, 16, 32, 64, 64), "fc_units": 128}
@@ -133,7 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS,
                         help="keras: the model in a tf.function; saved_model: the exported serving_default; "
-                        "grpc: that signature over gRPC to the local server")
+                        "grpc: that signature over gRPC to the local server; onnx, onnx_int8: the ONNX file "
+                        "(float32, or int8 calibrated on 4 generated images) in onnxruntime (float32 rows only)")
     parser.add_argument("--no-stages", dest="stages", action="store_false", help="skip the per-stage times")
     parser.add_argument("--repeats", type=int, help="timed calls per figure; the best is kept (default: 4)")
     parser.add_argument("--gemm-size", type=int, help="n of the n x n GEMM (default: 4096)")
@@ -186,6 +187,11 @@ def run(args) -> dict:
                     signature = tf.saved_model.load(exported.path).signatures["serving_default"]
                 if "grpc" in args.paths:
                     server = _GRPCClient(name, os.path.dirname(exported.path))
+                sessions = {}
+                if precision == "float32":  # an ONNX file computes in float32 whatever the model's precision
+                    for path in ("onnx", "onnx_int8"):
+                        if path in args.paths:
+                            sessions[path] = _onnx_session(model, work, f"{variant}-{geometry}-{path}", path)
                 try:
                     for height, width in args.sizes:
                         for batch in args.batches:
@@ -197,9 +203,11 @@ def run(args) -> dict:
                                 "keras": lambda f=call_keras, x=floats: f(x).numpy(),
                                 "saved_model": lambda f=signature, p=pixels: _class_ids(f, p),
                                 "grpc": lambda f=server, p=pixels: f.predict(p),
+                                **{path: lambda f=session, p=pixels: f.run(["class_ids"], {"images": p})
+                                   for path, session in sessions.items()},
                             }  # fmt: skip
                             seconds = {}
-                            for path in args.paths:
+                            for path in [p for p in args.paths if p in calls and (p in sessions or "onnx" not in p)]:
                                 seconds[path] = best_seconds(calls[path], args.repeats)
                                 row = {
                                     "variant": variant, "geometry": geometry, "precision": precision,
@@ -231,6 +239,23 @@ def run(args) -> dict:
                     if server is not None:
                         server.close()
     return report
+
+
+def _onnx_session(model, work: str, name: str, path: str):
+    """onnxruntime's session of `model`'s ONNX file: float32, or int8 calibrated on 4 generated images."""
+    import onnxruntime
+
+    from keras_fcn.data import synthetic
+    from keras_fcn.export_formats import export_onnx
+
+    int8 = {}
+    if path == "onnx_int8":
+        source = synthetic(num_examples=4, image_size=(128, 128), num_classes=5, seed=0)
+        # Random weights: the class ids are not what is measured here, so no agreement is asked.
+        int8 = {"quantize": "int8", "calibration_images": [source.load(i)[0] for i in range(4)],
+                "min_class_agreement": 0.0}  # fmt: skip
+    result = export_onnx(model, os.path.join(work, f"{name}.onnx"), verbose=False, **int8)
+    return onnxruntime.InferenceSession(result.path, providers=["CPUExecutionProvider"])
 
 
 def _class_ids(signature, pixels: np.ndarray) -> np.ndarray:
