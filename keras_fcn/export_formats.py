@@ -199,6 +199,26 @@ def _report_line(report: dict) -> str:
     return line
 
 
+def _int8_check(model, path, quantize, calibration_images, probe_data, min_class_agreement, tolerance):
+    """(gate, tolerance) of an export: with int8, the class-id check against the float32 model, and no
+    probability tolerance unless one is given; otherwise no gate and the usual tolerance."""
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None. Received: quantize={quantize!r}")
+    if not quantize:
+        if probe_data is not None or min_class_agreement is not None or calibration_images is not None:
+            raise ValueError("calibration_images, probe_data and min_class_agreement go with quantize='int8'. "
+                             "Received: quantize=None")  # fmt: skip
+        return None, _resolve_tolerance(model, tolerance)
+    if calibration_images is None or not len(calibration_images):
+        raise ValueError("int8 quantization needs calibration images. Received: calibration_images=None")
+    min_class_agreement = INT8_MIN_CLASS_AGREEMENT if min_class_agreement is None else min_class_agreement
+    if not 0 <= min_class_agreement <= 1:
+        raise ValueError(f"min_class_agreement must be a fraction in [0, 1]. "
+                         f"Received: min_class_agreement={min_class_agreement}")  # fmt: skip
+    gate = _agreement_gate(model, probe_data or (calibration_images, None), min_class_agreement, path)
+    return gate, _resolve_tolerance(model, float("inf") if tolerance is None else tolerance)  # judged by class ids
+
+
 def _agreement_gate(model, probe_data, min_class_agreement: float, path: str):
     """`gate(run)` for `_write_checked`: the file's class ids against the float32 model's on `probe_data`."""
     import keras
@@ -324,22 +344,8 @@ def export_onnx(
                 f"class_names must hold {num_classes} names (one per model class) without newlines. "
                 f"Received: class_names={class_names!r}"
             )
-    if quantize not in (None, *QUANTIZATIONS):
-        raise ValueError(f"quantize must be one of {QUANTIZATIONS} or None. Received: quantize={quantize!r}")
-    gate = None
-    if quantize:
-        if calibration_images is None or not len(calibration_images):
-            raise ValueError("int8 quantization needs calibration images. Received: calibration_images=None")
-        min_class_agreement = INT8_MIN_CLASS_AGREEMENT if min_class_agreement is None else min_class_agreement
-        if not 0 <= min_class_agreement <= 1:
-            raise ValueError(f"min_class_agreement must be a fraction in [0, 1]. "
-                             f"Received: min_class_agreement={min_class_agreement}")  # fmt: skip
-        gate = _agreement_gate(model, probe_data or (calibration_images, None), min_class_agreement, path)
-        tolerance = float("inf") if tolerance is None else tolerance  # int8 is judged by its class ids
-    elif probe_data is not None or min_class_agreement is not None or calibration_images is not None:
-        raise ValueError("calibration_images, probe_data and min_class_agreement go with quantize='int8'. "
-                         "Received: quantize=None")  # fmt: skip
-    tolerance = _resolve_tolerance(model, tolerance)
+    gate, tolerance = _int8_check(model, path, quantize, calibration_images, probe_data, min_class_agreement,
+                                  tolerance)  # fmt: skip
     probes = probe_images(probe_size)
     try:
         import onnx  # noqa: F401 (the writer's)
@@ -383,6 +389,10 @@ def export_litert(
     tolerance: float | None = None,
     force: bool = False,
     verbose: bool = True,
+    quantize: str | None = None,
+    calibration_images: Sequence[np.ndarray] | None = None,
+    probe_data: tuple | None = None,
+    min_class_agreement: float | None = None,
 ) -> FileExportResult:
     """Writes `model` as a LiteRT (TFLite) file with signature `serving_default` (TFLite built-in ops only).
 
@@ -398,13 +408,18 @@ def export_litert(
             the check accepts. None: 1e-4, or 5e-2 for a model computing in float16/bfloat16.
         force: overwrite an existing file.
         verbose: show the check's progress and print its result.
+        quantize: "int8": post-training integer quantization (int8 weights and activations, ranges from a
+            representative dataset, float kernels only where TFLite has no int8 one); the outputs keep
+            their types. None: float32.
+        calibration_images, probe_data, min_class_agreement: with int8, as in `export_onnx`.
 
     Returns:
-        A `FileExportResult`.
+        A `FileExportResult` (with int8, its `reference_report`).
 
     Raises:
-        ValueError: a bad argument, or a converted file that differs from the model by more than
-            `tolerance` (nothing is written then). FileExistsError: `path` exists and not `force`.
+        ValueError: a bad argument, a converted file that differs from the model by more than `tolerance`,
+            or an int8 file below `min_class_agreement` (nothing is written then). FileExistsError: `path`
+            exists and not `force`.
         ImportError: `ai_edge_litert` missing (`pip install "keras_fcn[litert]"`).
 
     Example:
@@ -413,7 +428,8 @@ def export_litert(
     >>> runner(images=uint8_images)["class_ids"]  # doctest: +SKIP
     """
     path = _check_output(path, ".tflite", force)
-    tolerance = _resolve_tolerance(model, tolerance)
+    gate, tolerance = _int8_check(model, path, quantize, calibration_images, probe_data, min_class_agreement,
+                                  tolerance)  # fmt: skip
     probes = probe_images(probe_size)
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -434,6 +450,11 @@ def export_litert(
         archive.write_out(saved, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved, signature_keys=[SERVING_DEFAULT])
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+        if quantize:
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ({"images": np.asarray(image, np.uint8)[None]}
+                                                        for image in calibration_images)  # fmt: skip
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         content = converter.convert()
 
     def run_file(file_path):
@@ -444,4 +465,5 @@ def export_litert(
         with open(tmp, "wb") as handle:
             handle.write(content)
 
-    return _write_checked(path, write, run_file, model, probes, tolerance, "LiteRT", verbose)
+    name = "LiteRT int8" if quantize else "LiteRT"
+    return _write_checked(path, write, run_file, model, probes, tolerance, name, verbose, gate)

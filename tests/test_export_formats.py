@@ -233,6 +233,24 @@ def test_int8_onnx_keeps_the_float32_models_class_ids(trained, tmp_path):
 
 
 @pytest.mark.slow
+def test_int8_litert_keeps_the_float32_models_class_ids(trained, tmp_path):
+    result, _ = trained
+    path = str(tmp_path / "int8.tflite")
+    export = export_litert(result.model, path, quantize="int8", calibration_images=_calibration(),
+                           probe_data=(list(result.images), list(result.masks)), verbose=False)  # fmt: skip
+    report = export.reference_report
+    assert report["class_agreement"] >= 0.99 and abs(report["mean_iu_difference"]) <= 0.01
+    batch = np.stack(result.images)
+    got = {k: np.concatenate([run_litert(path, batch[i : i + 1])[k] for i in range(len(batch))])
+           for k in ("class_ids", "probabilities")}  # fmt: skip
+    want = expected(result.model, batch)
+    assert got["class_ids"].dtype == np.int32 and got["probabilities"].dtype == np.float32
+    assert np.mean(got["class_ids"] == want.argmax(-1)) == pytest.approx(report["class_agreement"])
+    kinds = {detail["dtype"] for detail in Interpreter(model_path=path).get_tensor_details()}
+    assert np.int8 in kinds  # integer kernels, not only int8 storage of float weights
+
+
+@pytest.mark.slow
 def test_int8_below_the_agreement_is_refused_and_the_cli_names_bad_calibration_data(trained, tmp_path, capsys):
     result, model_path = trained
     path = tmp_path / "refused.onnx"
@@ -250,6 +268,6 @@ def test_int8_below_the_agreement_is_refused_and_the_cli_names_bad_calibration_d
     assert "--calibration-data nowhere:data" in capsys.readouterr().err
     assert main([*base, "--output", str(tmp_path / "x.onnx")]) == 2
     assert "--quantize int8 needs --calibration-data" in capsys.readouterr().err
-    assert main([*base[:4], "litert", *base[5:], "--calibration-data", "synthetic:4", "--output", "x.tflite"]) == 2
-    assert "--quantize int8 is written for --format onnx" in capsys.readouterr().err
+    assert main([*base[:4], "saved_model", *base[5:], "--calibration-data", "synthetic:4", "--output", "m"]) == 2
+    assert "--quantize int8 writes --format onnx or litert" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path)) == ["cli.onnx"]

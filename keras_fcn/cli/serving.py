@@ -81,8 +81,9 @@ def add_export(verbs) -> None:
     )  # fmt: skip
     parser.add_argument(
         "--quantize", choices=("int8",),
-        help="onnx: static int8 quantization with onnxruntime (QDQ, per-channel weights), calibrated on "
-        "--calibration-data and checked against the float32 model on --check-data",
+        help="onnx: static int8 quantization with onnxruntime (QDQ, per-channel weights); litert: TFLite's "
+        "post-training integer quantization; calibrated on --calibration-data and checked against the float32 "
+        "model on --check-data",
     )  # fmt: skip
     parser.add_argument(
         "--calibration-data", metavar="SPEC",
@@ -146,10 +147,16 @@ def _run_export(args) -> int:
 
 def _run_quantized_export(args) -> int:
     """`export --quantize int8`: calibrated on --calibration-data, checked on --check-data (or its --check-split)."""
-    from keras_fcn.export_formats import export_onnx
+    from keras_fcn.export_formats import export_litert, export_onnx
 
-    if args.format != "onnx":
-        raise CommandError(f"--quantize int8 is written for --format onnx. Received: --format {args.format}")
+    if args.format not in ("onnx", "litert"):
+        raise CommandError(f"--quantize int8 writes --format onnx or litert. Received: --format {args.format}")
+    given = [flag for flag, value in (("--version", args.version), ("--max-decoded-pixels", args.max_decoded_pixels))
+             if value is not None]  # fmt: skip
+    if args.format == "litert" and args.class_names:
+        given.append("--class-names")
+    if given:
+        raise CommandError(f"{', '.join(given)} cannot be used with --format {args.format}")
     if not args.calibration_data:
         raise CommandError("--quantize int8 needs --calibration-data SPEC: images that set the int8 ranges")
     if args.precision != "float32":
@@ -160,13 +167,15 @@ def _run_quantized_export(args) -> int:
                             args.calibration_limit, num_classes)  # fmt: skip
     probe_data = _pairs(args, "check", args.check_data or args.calibration_data, args.check_split, args.check_limit,
                         num_classes)  # fmt: skip
-    class_names = _export_class_names(args, num_classes)
+    int8 = {"quantize": "int8", "calibration_images": calibration, "probe_data": probe_data,
+            "min_class_agreement": args.min_class_agreement}  # fmt: skip
     try:
-        export_onnx(
-            model, args.output, class_names=class_names, tolerance=args.tolerance, force=args.force,
-            verbose=not args.quiet, quantize="int8", calibration_images=calibration, probe_data=probe_data,
-            min_class_agreement=args.min_class_agreement,
-        )  # fmt: skip
+        if args.format == "onnx":
+            export_onnx(model, args.output, class_names=_export_class_names(args, num_classes),
+                        tolerance=args.tolerance, force=args.force, verbose=not args.quiet, **int8)  # fmt: skip
+        else:
+            export_litert(model, args.output, tolerance=args.tolerance, force=args.force, verbose=not args.quiet,
+                          **int8)  # fmt: skip
     except (ValueError, OSError, ImportError) as error:
         raise CommandError(str(error)) from error
     return 0
