@@ -18,7 +18,7 @@ def test_quick_run_writes_every_field(tmp_path, capsys):
     combos = {(r["geometry"], r["precision"], r["path"]) for r in rows}
     expected = {(g, p, k) for g in ("aligned", "caffe") for p in ("float32", "bfloat16")
                 for k in ("keras", "saved_model", "grpc")}  # fmt: skip
-    expected |= {(g, "float32", k) for g in ("aligned", "caffe") for k in ("onnx", "onnx_int8")}  # float32 files
+    expected |= {(g, "float32", k) for g in ("aligned", "caffe") for k in tool.FILE_PATHS}  # float32 rows only
     assert combos == expected
     for row in rows:
         assert row["ms_per_image"] > 0 and row["gflops"] > 0 and row["ratio_to_gemm"] > 0 and row["gflop"] > 0

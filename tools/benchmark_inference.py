@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 
 from keras_fcn import atomic  # noqa: E402
 
-PATHS = ("keras", "saved_model", "grpc", "onnx", "onnx_int8")
+PATHS = ("keras", "saved_model", "grpc", "onnx", "onnx_int8", "litert", "litert_int8")
+FILE_PATHS = ("onnx", "onnx_int8", "litert", "litert_int8")  # files computing in float32 or int8: float32 rows
 FULL_RUN = {"variants": ["fcn8s", "fcn32s"], "geometries": ["aligned", "caffe"], "sizes": [(512, 512), (375, 500)],
             "batches": [1, 8], "repeats": 4, "gemm_size": 4096}  # fmt: skip
 NARROW = {"backbone_filters": (8, 16, 32, 64, 64), "fc_units": 128}
@@ -133,8 +134,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=PATHS,
                         help="keras: the model in a tf.function; saved_model: the exported serving_default; "
-                        "grpc: that signature over gRPC to the local server; onnx, onnx_int8: the ONNX file "
-                        "(float32, or int8 calibrated on 4 generated images) in onnxruntime (float32 rows only)")
+                        "grpc: that signature over gRPC to the local server; onnx, onnx_int8, litert, litert_int8: "
+                        "the ONNX file in onnxruntime and the LiteRT file in its interpreter, float32 or int8 "
+                        "(calibrated on 4 generated images), in the float32 rows")
     parser.add_argument("--no-stages", dest="stages", action="store_false", help="skip the per-stage times")
     parser.add_argument("--repeats", type=int, help="timed calls per figure; the best is kept (default: 4)")
     parser.add_argument("--gemm-size", type=int, help="n of the n x n GEMM (default: 4096)")
@@ -189,9 +191,9 @@ def run(args) -> dict:
                     server = _GRPCClient(name, os.path.dirname(exported.path))
                 sessions = {}
                 if precision == "float32":  # an ONNX file computes in float32 whatever the model's precision
-                    for path in ("onnx", "onnx_int8"):
+                    for path in FILE_PATHS:
                         if path in args.paths:
-                            sessions[path] = _onnx_session(model, work, f"{variant}-{geometry}-{path}", path)
+                            sessions[path] = _file_runner(model, work, f"{variant}-{geometry}-{path}", path)
                 try:
                     for height, width in args.sizes:
                         for batch in args.batches:
@@ -203,11 +205,10 @@ def run(args) -> dict:
                                 "keras": lambda f=call_keras, x=floats: f(x).numpy(),
                                 "saved_model": lambda f=signature, p=pixels: _class_ids(f, p),
                                 "grpc": lambda f=server, p=pixels: f.predict(p),
-                                **{path: lambda f=session, p=pixels: f.run(["class_ids"], {"images": p})
-                                   for path, session in sessions.items()},
+                                **{path: lambda f=run, p=pixels: f(p) for path, run in sessions.items()},
                             }  # fmt: skip
                             seconds = {}
-                            for path in [p for p in args.paths if p in calls and (p in sessions or "onnx" not in p)]:
+                            for path in [p for p in args.paths if p not in FILE_PATHS or p in sessions]:
                                 seconds[path] = best_seconds(calls[path], args.repeats)
                                 row = {
                                     "variant": variant, "geometry": geometry, "precision": precision,
@@ -241,21 +242,28 @@ def run(args) -> dict:
     return report
 
 
-def _onnx_session(model, work: str, name: str, path: str):
-    """onnxruntime's session of `model`'s ONNX file: float32, or int8 calibrated on 4 generated images."""
-    import onnxruntime
-
+def _file_runner(model, work: str, name: str, path: str):
+    """`images -> class_ids` of `model`'s ONNX (onnxruntime) or LiteRT file, float32 or int8."""
     from keras_fcn.data import synthetic
-    from keras_fcn.export_formats import export_onnx
+    from keras_fcn.export_formats import export_litert, export_onnx
 
     int8 = {}
-    if path == "onnx_int8":
+    if path.endswith("_int8"):
         source = synthetic(num_examples=4, image_size=(128, 128), num_classes=5, seed=0)
         # Random weights: the class ids are not what is measured here, so no agreement is asked.
         int8 = {"quantize": "int8", "calibration_images": [source.load(i)[0] for i in range(4)],
                 "min_class_agreement": 0.0}  # fmt: skip
-    result = export_onnx(model, os.path.join(work, f"{name}.onnx"), verbose=False, **int8)
-    return onnxruntime.InferenceSession(result.path, providers=["CPUExecutionProvider"])
+    if path.startswith("onnx"):
+        import onnxruntime
+
+        result = export_onnx(model, os.path.join(work, f"{name}.onnx"), verbose=False, **int8)
+        session = onnxruntime.InferenceSession(result.path, providers=["CPUExecutionProvider"])
+        return lambda images: session.run(["class_ids"], {"images": images})[0]
+    from ai_edge_litert.interpreter import Interpreter
+
+    result = export_litert(model, os.path.join(work, f"{name}.tflite"), verbose=False, **int8)
+    runner = Interpreter(model_path=result.path).get_signature_runner("serving_default")
+    return lambda images: runner(images=images)["class_ids"]
 
 
 def _class_ids(signature, pixels: np.ndarray) -> np.ndarray:
