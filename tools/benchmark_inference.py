@@ -262,7 +262,8 @@ def _file_runner(model, work: str, name: str, path: str):
     from ai_edge_litert.interpreter import Interpreter
 
     result = export_litert(model, os.path.join(work, f"{name}.tflite"), verbose=False, **int8)
-    runner = Interpreter(model_path=result.path).get_signature_runner("serving_default")
+    # All cores, as TensorFlow and onnxruntime use them.
+    runner = Interpreter(model_path=result.path, num_threads=os.cpu_count()).get_signature_runner("serving_default")
     return lambda images: runner(images=images)["class_ids"]
 
 
