@@ -138,6 +138,12 @@ def _crop(graph: _Graph, layer, x: str, reference: str) -> str:
     return graph.node("Slice", [x, offset, ends, graph.constant("axes", np.array([2, 3], np.int64))], layer.name)
 
 
+def _per_channel(value) -> np.ndarray:
+    """A Rescaling factor for NCHW: a scalar as is, a per-channel vector (Caffe's Scale layer) as (1, C, 1, 1)."""
+    value = np.asarray(value, np.float32)
+    return value if value.size == 1 else value.reshape(1, -1, 1, 1)
+
+
 def _layer(graph: _Graph, layer, inputs: list[str]) -> str:
     import keras
 
@@ -164,9 +170,10 @@ def _layer(graph: _Graph, layer, inputs: list[str]) -> str:
     if isinstance(layer, keras.layers.Dropout):
         return inputs[0]  # inference
     if isinstance(layer, keras.layers.Rescaling):
-        y = graph.node("Mul", [inputs[0], graph.constant(f"{layer.name}/scale", np.float32(layer.scale))], layer.name)
-        if layer.offset:
-            y = graph.node("Add", [y, graph.constant(f"{layer.name}/offset", np.float32(layer.offset))], layer.name)
+        scale, offset = (_per_channel(value) for value in (layer.scale, layer.offset))
+        y = graph.node("Mul", [inputs[0], graph.constant(f"{layer.name}/scale", scale)], layer.name)
+        if np.any(offset):
+            y = graph.node("Add", [y, graph.constant(f"{layer.name}/offset", offset)], layer.name)
         return y
     if isinstance(layer, keras.layers.Add):
         y = inputs[0]

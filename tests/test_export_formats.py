@@ -59,6 +59,23 @@ def test_onnx_matches_the_model_at_any_size(tmp_path, variant, geometry):
         np.testing.assert_array_equal(got["class_ids"], want.argmax(-1))
 
 
+def test_onnx_of_an_imported_caffe_model(tmp_path):
+    import caffe_nets
+
+    from keras_fcn import caffe
+
+    _, caffemodel = caffe_nets.fcn_net("fcn8s", 21, at_once=True).write(str(tmp_path), (32, 32), stem="fcn8s")
+    model = caffe.load_caffemodel(caffemodel)  # the reference's geometry: 100-pixel padding, crops, scales
+    # This random net's logits reach ~1,900: float32 rounding (relative 1e-6) moves its probabilities by ~2e-4.
+    result = export_onnx(model, str(tmp_path / "caffe.onnx"), tolerance=1e-3, verbose=False)
+    batch = images((2, 47, 61, 3), seed=3)
+    got, want = run_onnx(result.path, batch), expected(model, batch)
+    np.testing.assert_allclose(got["probabilities"], want, atol=1e-3)
+    sure = np.sort(want, axis=-1)[..., -1] - np.sort(want, axis=-1)[..., -2] > 1e-3
+    assert sure.mean() > 0.95
+    np.testing.assert_array_equal(got["class_ids"][sure], want.argmax(-1)[sure])
+
+
 def test_onnx_of_a_bfloat16_model_computes_in_float32_and_unknown_layers_are_named(tmp_path):
     import keras
 
