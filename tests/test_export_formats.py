@@ -36,6 +36,12 @@ def run_litert(path, batch):
     return Interpreter(model_path=path).get_signature_runner("serving_default")(images=batch)
 
 
+def run_litert_each(path, batch):
+    """`run_litert` on one image a call, the answers concatenated."""
+    answers = [run_litert(path, batch[i : i + 1]) for i in range(len(batch))]
+    return {key: np.concatenate([answer[key] for answer in answers]) for key in answers[0]}
+
+
 @pytest.mark.parametrize("geometry", ["aligned", "caffe"])
 @pytest.mark.parametrize("variant", ["fcn32s", "fcn16s", "fcn8s", "fcn8s_at_once"])
 def test_onnx_matches_the_model_at_any_size(tmp_path, variant, geometry):
@@ -224,47 +230,34 @@ def _calibration(count=32, seed=0):
 
 
 @pytest.mark.slow
-def test_int8_onnx_keeps_the_float32_models_class_ids(trained, tmp_path):
+@pytest.mark.parametrize("name", ["int8.onnx", "int8.tflite"])
+def test_int8_keeps_the_float32_models_class_ids(trained, tmp_path, name):
     result, _ = trained
-    path = str(tmp_path / "int8.onnx")
-    export = export_onnx(result.model, path, quantize="int8", calibration_images=_calibration(),
-                         probe_data=(list(result.images), list(result.masks)), verbose=False)  # fmt: skip
-    report = export.reference_report
+    path = str(tmp_path / name)
+    export = export_onnx if name.endswith(".onnx") else export_litert
+    report = export(result.model, path, quantize="int8", calibration_images=_calibration(),
+                    probe_data=(list(result.images), list(result.masks)), verbose=False).reference_report  # fmt: skip
     assert report["images"] == 16 and report["pixels"] == 16 * 64 * 64
     assert report["class_agreement"] >= 0.99 and abs(report["mean_iu_difference"]) <= 0.01
     # Recomputed here from the file and the Keras model, not taken from the report.
     batch = np.stack(result.images)
-    got = run_onnx(path, batch)
+    got = run_onnx(path, batch) if name.endswith(".onnx") else run_litert_each(path, batch)
     want = expected(result.model, batch)
     assert got["class_ids"].dtype == np.int32 and got["probabilities"].dtype == np.float32
     assert np.mean(got["class_ids"] == want.argmax(-1)) == pytest.approx(report["class_agreement"])
+    if name.endswith(".tflite"):
+        kinds = {detail["dtype"] for detail in Interpreter(model_path=path).get_tensor_details()}
+        assert np.int8 in kinds  # integer kernels, not only int8 storage of float weights
+        return
     graph = onnx.load(path).graph
     convs = [node for node in graph.node if node.op_type == "Conv"]
     dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
     quantized = [node.name for node in convs if node.input[1] in dequantized]
     # All but the first convolution and the three score layers (score_fr, score_pool4, score_pool3).
     assert len(quantized) == len(convs) - 4 and convs[0].name not in quantized
-    assert not any(name.startswith("score") for name in quantized)
-    assert os.path.getsize(path) < 0.5 * os.path.getsize(export_onnx(result.model, str(tmp_path / "f.onnx"),
-                                                                      verbose=False).path)  # fmt: skip
-
-
-@pytest.mark.slow
-def test_int8_litert_keeps_the_float32_models_class_ids(trained, tmp_path):
-    result, _ = trained
-    path = str(tmp_path / "int8.tflite")
-    export = export_litert(result.model, path, quantize="int8", calibration_images=_calibration(),
-                           probe_data=(list(result.images), list(result.masks)), verbose=False)  # fmt: skip
-    report = export.reference_report
-    assert report["class_agreement"] >= 0.99 and abs(report["mean_iu_difference"]) <= 0.01
-    batch = np.stack(result.images)
-    got = {k: np.concatenate([run_litert(path, batch[i : i + 1])[k] for i in range(len(batch))])
-           for k in ("class_ids", "probabilities")}  # fmt: skip
-    want = expected(result.model, batch)
-    assert got["class_ids"].dtype == np.int32 and got["probabilities"].dtype == np.float32
-    assert np.mean(got["class_ids"] == want.argmax(-1)) == pytest.approx(report["class_agreement"])
-    kinds = {detail["dtype"] for detail in Interpreter(model_path=path).get_tensor_details()}
-    assert np.int8 in kinds  # integer kernels, not only int8 storage of float weights
+    assert not any(node_name.startswith("score") for node_name in quantized)
+    float32 = export_onnx(result.model, str(tmp_path / "f.onnx"), verbose=False).path
+    assert os.path.getsize(path) < 0.5 * os.path.getsize(float32)
 
 
 @pytest.mark.slow
