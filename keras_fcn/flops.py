@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import keras
 
+from keras_fcn.functional import ends, wiring
+
 
 def layer_flops(layer: keras.layers.Layer, input_shape: Sequence[int], output_shape: Sequence[int]) -> int:
     """FLOPs of one call of `layer` (2 per multiply-add) for concrete input and output shapes.
@@ -57,15 +59,15 @@ def forward_flops(model: keras.Model, input_shape: Sequence[int]) -> dict[str, i
         d is not None and d != s for d, s in zip(declared, input_shape, strict=True)
     ):
         raise ValueError(f"Expected an input shape matching {declared}. Received: input_shape={input_shape}")
-    shapes = {id(model.inputs[0]): input_shape}
+    (input_name,), _ = ends(model)
+    shapes = {input_name: input_shape}  # each layer's output shape, by layer name
     flops = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
+    for name, taken in wiring(model):
+        if name == input_name:
             continue
-        node = layer._inbound_nodes[0]
-        inputs = [shapes[id(tensor)] for tensor in node.input_tensors]
+        layer = model.get_layer(name)
+        inputs = [shapes[n] for n in taken]
         argument = inputs[0] if len(inputs) == 1 else inputs
-        output = tuple(int(d) for d in layer.compute_output_shape(argument))
-        shapes[id(node.output_tensors[0])] = output
-        flops[layer.name] = layer_flops(layer, inputs[0], output)
+        shapes[name] = output = tuple(int(d) for d in layer.compute_output_shape(argument))
+        flops[name] = layer_flops(layer, inputs[0], output)
     return flops

@@ -17,9 +17,9 @@ kernels are float32's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
+
+from keras_fcn.functional import ends, wiring
 
 INPUT_NAME = "images"
 OUTPUT_NAMES = ("class_ids", "probabilities")
@@ -56,25 +56,6 @@ class _Graph:
         node = self.helper.make_node(op, inputs, [output], name=self.name(f"{stem}/{op}"), **attributes)
         self.proto.node.append(node)
         return output
-
-
-def _inbound(layer_config: dict) -> list[str]:
-    """Names of the layers whose outputs `layer_config`'s only call takes, in argument order."""
-    nodes = layer_config.get("inbound_nodes") or []
-    if len(nodes) > 1:
-        raise ValueError(f"layer {layer_config['name']!r} is called {len(nodes)} times; an FCN calls each layer once")
-
-    def walk(value) -> Iterator[str]:
-        if isinstance(value, dict) and value.get("class_name") == "__keras_tensor__":
-            yield value["config"]["keras_history"][0]
-        elif isinstance(value, dict):
-            for item in value.values():
-                yield from walk(item)
-        elif isinstance(value, (list, tuple)):
-            for item in value:
-                yield from walk(item)
-
-    return list(walk(nodes[0]["args"])) if nodes else []
 
 
 def _same_or_valid(layer) -> dict:
@@ -194,21 +175,17 @@ def model_to_onnx(model, opset: int = 17):
     """
     from onnx import TensorProto, helper
 
-    config = model.get_config()
-    # One input or output is written [name, 0, 0]; several, a list of those.
-    ends = [[v] if isinstance(v[0], str) else v for v in (config["input_layers"], config["output_layers"])]
-    if len(ends[0]) != 1 or len(ends[1]) != 1:
+    inputs, outputs = ends(model)
+    if len(inputs) != 1 or len(outputs) != 1:
         raise ValueError(f"the ONNX writer takes a model with one input and one output; {model.name!r} has "
-                         f"{len(ends[0])} and {len(ends[1])}")  # fmt: skip
-    (input_name, *_), (output_name, *_) = ends[0][0], ends[1][0]
+                         f"{len(inputs)} and {len(outputs)}")  # fmt: skip
+    (input_name,), (output_name,) = inputs, outputs
     graph = _Graph()
     pixels = graph.node("Cast", [INPUT_NAME], "input", to=TensorProto.FLOAT)
     values = {input_name: graph.node("Transpose", [pixels], "input", perm=[0, 3, 1, 2])}
-    for layer_config in config["layers"]:
-        name = layer_config["name"]
-        if name in values:
-            continue  # the input
-        values[name] = _layer(graph, model.get_layer(name), [values[n] for n in _inbound(layer_config)])
+    for name, taken in wiring(model):
+        if name not in values:  # the input is there already
+            values[name] = _layer(graph, model.get_layer(name), [values[n] for n in taken])
     logits = graph.node("Transpose", [values[output_name]], "output", perm=[0, 2, 3, 1])
     graph.node("Softmax", [logits], "output", output=OUTPUT_NAMES[1], axis=-1)
     ids = graph.node("ArgMax", [logits], "output", axis=-1, keepdims=0)

@@ -85,6 +85,7 @@ def with_precision(model, precision: str):
     """
     import keras
 
+    from keras_fcn.functional import ends
     from keras_fcn.gemm_conv import as_gemm_conv, wants_gemm
 
     precision = resolve_precision(precision)
@@ -92,7 +93,7 @@ def with_precision(model, precision: str):
     if model_precision(model) == precision and not swap:
         return model
     # The output layers keep their dtype (float32 logits: losses, softmax and argmax need the range).
-    outputs = {id(tensor._keras_history[0]) for tensor in model.outputs}
+    outputs = {id(model.get_layer(name)) for name in ends(model)[1]}
 
     def clone(layer):
         config = layer.get_config()
