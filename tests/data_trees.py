@@ -49,6 +49,8 @@ def make_voc(root, ids_by_split, size=(20, 28), num_classes=21, seed=0):
         with open(os.path.join(root, "ImageSets/Segmentation", f"{split}.txt"), "w") as f:
             f.write("".join(f"{i}\n" for i in ids))
         for i in ids:
+            if i in masks:
+                continue  # in another split too (VOC's val holds seg11valid): one example a file
             image, mask = example(rng, size, num_classes)
             Image.fromarray(image).save(os.path.join(root, "JPEGImages", f"{i}.jpg"), quality=100, subsampling=0)
             save_palette_png(os.path.join(root, "SegmentationClass", f"{i}.png"), mask)

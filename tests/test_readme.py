@@ -111,7 +111,7 @@ def make_workspace(root) -> None:
         valid = handle.read().split()[:2]  # real seg11valid ids: the recipes validate on them
     train = ["2008_900001", "2008_900002", "2008_900003", "2008_900004"]
     for prefix in ("", "data/"):  # the README's paths, and the recipes' defaults under data/
-        make_voc(os.path.join(root, prefix, "VOCdevkit/VOC2012"), {"train": train, "seg11valid": valid})
+        make_voc(os.path.join(root, prefix, "VOCdevkit/VOC2012"), {"train": train, "val": valid, "seg11valid": valid})
         make_sbd(os.path.join(root, prefix, "benchmark_RELEASE/dataset"), {"train": valid + train})
     for name, size in (("photo1.jpg", (60, 80)), ("photo2.jpg", (45, 50)), ("street.jpg", (48, 64))):
         photo(os.path.join(root, name), size, seed=len(name))
