@@ -115,8 +115,8 @@ def _crop(graph: _Graph, layer, x: str, reference: str) -> str:
     offset = graph.constant(f"{layer.name}/offset", np.array([layer.offset] * 2, np.int64))
     shape = graph.node("Shape", [reference], layer.name)
     sizes = graph.node("Gather", [shape, graph.constant("hw", np.array([2, 3], np.int64))], layer.name, axis=0)
-    ends = graph.node("Add", [offset, sizes], layer.name)
-    return graph.node("Slice", [x, offset, ends, graph.constant("axes", np.array([2, 3], np.int64))], layer.name)
+    stops = graph.node("Add", [offset, sizes], layer.name)
+    return graph.node("Slice", [x, offset, stops, graph.constant("axes", np.array([2, 3], np.int64))], layer.name)
 
 
 def _per_channel(value) -> np.ndarray:
