@@ -220,14 +220,12 @@ def predict_tiled(
         )
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1. Received: batch_size={batch_size!r}")
-    strides = tile_strides(tile, overlap)
-    tile = (min(tile[0], height), min(tile[1], width))
+    tile, rows, columns = tile_grid((height, width), tile, overlap)
     weights_all = blend_weights(tile, blend, sigma_scale)
     if out is None:
         out = np.empty((height, width), np.int32)
     elif tuple(out.shape) != (height, width):
         raise ValueError(f"out must have the image's shape {(height, width)}. Received: out.shape={tuple(out.shape)}")
-    rows, columns = tile_starts(height, tile[0], strides[0]), tile_starts(width, tile[1], strides[1])
     probabilities = with_tta(probabilities_fn(model), tta, scales)
     full = None
     progress = _progress_bar(len(rows) * len(columns), verbose)
@@ -277,8 +275,21 @@ class _NoProgress:
 
 def tile_count(image_shape: Sequence[int], tile_size: int | Sequence[int], overlap: float | int) -> int:
     """How many tiles `predict_tiled` runs on an image of `image_shape` `(height, width)`."""
-    tile = _pair(tile_size, "tile_size")
+    _, rows, columns = tile_grid(image_shape, tile_size, overlap)
+    return len(rows) * len(columns)
+
+
+def tile_grid(
+    image_shape: Sequence[int], tile_size: int | Sequence[int], overlap: float | int
+) -> tuple[tuple[int, int], list[int], list[int]]:
+    """The tile `predict_tiled` cuts from an image of `image_shape` `(height, width)`, and its grid.
+
+    Returns:
+        `((tile height, tile width), row starts, column starts)`: the tile cut to the image where the image
+        is smaller, the steps taken from the tile asked for.
+    """
     height, width = _pair(image_shape, "image_shape")
-    strides = tile_strides(tile, overlap)  # from the tile asked for, as predict_tiled
+    tile = _pair(tile_size, "tile_size")
+    strides = tile_strides(tile, overlap)
     tile = (min(tile[0], height), min(tile[1], width))
-    return len(tile_starts(height, tile[0], strides[0])) * len(tile_starts(width, tile[1], strides[1]))
+    return tile, tile_starts(height, tile[0], strides[0]), tile_starts(width, tile[1], strides[1])

@@ -103,16 +103,14 @@ def timed(call):
 def overhead(args, report: dict) -> None:
     import keras_fcn
     from keras_fcn.precision import with_precision
-    from keras_fcn.tiling import predict_tiled, probabilities_fn, tile_starts, tile_strides
+    from keras_fcn.tiling import predict_tiled, probabilities_fn, tile_grid
 
     height, width = args.size or (1536, 2048)
     model = keras_fcn.fcn8s(21, **(NARROW if args.narrow else {}))
     model = with_precision(model, args.precision) if args.precision != "float32" else model
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     probabilities = probabilities_fn(model)
-    tile = (min(args.tile, height), min(args.tile, width))
-    strides = tile_strides((args.tile, args.tile), 0.25)
-    rows, columns = tile_starts(height, tile[0], strides[0]), tile_starts(width, tile[1], strides[1])
+    tile, rows, columns = tile_grid((height, width), args.tile, 0.25)  # predict_tiled's own grid
     windows = [(y, x) for y in rows for x in columns]
     batches = [windows[i : i + args.batch_size] for i in range(0, len(windows), args.batch_size)]
     probabilities(np.zeros((len(batches[0]), *tile, 3), np.float32))  # trace and warm up both shapes
