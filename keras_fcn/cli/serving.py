@@ -105,12 +105,7 @@ def _run_export(args) -> int:
     if args.calibration_data:
         raise CommandError("--calibration-data goes with --quantize int8")
     if args.format != "saved_model":
-        given = [flag for flag, value in (("--version", args.version), ("--max-decoded-pixels",
-                 args.max_decoded_pixels), ("--check-data", args.check_data)) if value is not None]  # fmt: skip
-        if args.format == "litert" and args.class_names:
-            given.append("--class-names")
-        if given:
-            raise CommandError(f"{', '.join(given)} cannot be used with --format {args.format}")
+        _refuse_saved_model_flags(args, check_data=True)
     if args.min_class_agreement is not None and not args.check_data:
         raise CommandError("--min-class-agreement needs --check-data")
     reference = load_model(args.model)
@@ -151,12 +146,7 @@ def _run_quantized_export(args) -> int:
 
     if args.format not in ("onnx", "litert"):
         raise CommandError(f"--quantize int8 writes --format onnx or litert. Received: --format {args.format}")
-    given = [flag for flag, value in (("--version", args.version), ("--max-decoded-pixels", args.max_decoded_pixels))
-             if value is not None]  # fmt: skip
-    if args.format == "litert" and args.class_names:
-        given.append("--class-names")
-    if given:
-        raise CommandError(f"{', '.join(given)} cannot be used with --format {args.format}")
+    _refuse_saved_model_flags(args, check_data=False)  # an int8 file is checked on --check-data
     if not args.calibration_data:
         raise CommandError("--quantize int8 needs --calibration-data SPEC: images that set the int8 ranges")
     if args.precision != "float32":
@@ -179,6 +169,18 @@ def _run_quantized_export(args) -> int:
     except (ValueError, OSError, ImportError) as error:
         raise CommandError(str(error)) from error
     return 0
+
+
+def _refuse_saved_model_flags(args, check_data: bool) -> None:
+    """The flags an ONNX or LiteRT file has no use for (LiteRT holds no class names), refused by name."""
+    flags = [("--version", args.version), ("--max-decoded-pixels", args.max_decoded_pixels)]
+    if check_data:
+        flags.append(("--check-data", args.check_data))
+    given = [flag for flag, value in flags if value is not None]
+    if args.format == "litert" and args.class_names:
+        given.append("--class-names")
+    if given:
+        raise CommandError(f"{', '.join(given)} cannot be used with --format {args.format}")
 
 
 def _export_class_names(args, num_classes: int) -> list[str] | None:
