@@ -457,13 +457,17 @@ def _run_query(args) -> int:
         tls_server_name=args.tls_server_name,
     ) as client:
         for path in args.images:  # one request each: images of different sizes cannot share one
+            with open(path, "rb") as f:
+                data = f.read()  # read once: sent as it is, or decoded once for the tiles and the overlay
+            pixels = None
             try:
                 if args.tile_size is None:
-                    class_ids = client.predict([path]).class_ids[0]
+                    class_ids = client.predict([data]).class_ids[0]
                     progress.add(1)
                 else:
+                    pixels = decode_image(data)
                     class_ids = client.predict_tiled(
-                        path, tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
+                        pixels, tile_size=args.tile_size, overlap=args.overlap, blend=args.blend,
                         max_in_flight=args.max_in_flight, on_tiles=progress.add,
                     ).class_ids[0]  # fmt: skip
             except grpc.RpcError as error:
@@ -473,8 +477,7 @@ def _run_query(args) -> int:
                 raise CommandError(f"{path}: {error}") from error
             stem = os.path.join(args.output, os.path.splitext(os.path.basename(path))[0])
             save_class_png(class_ids, stem + "_class_ids.png")
-            with open(path, "rb") as f:
-                pixels = decode_image(f.read())
+            pixels = decode_image(data) if pixels is None else pixels
             save_image(overlay(pixels, class_ids), stem + "_overlay.png")  # with a legend of the class ids
             present = ", ".join(
                 f"{c}: {n}" for c, n in zip(*np.unique(class_ids, return_counts=True), strict=True)
