@@ -99,12 +99,16 @@ def _conv(graph: _Graph, layer, x: str) -> str:
     return y
 
 
+def _height_width(graph: _Graph, x: str, stem: str) -> str:
+    """`x`'s (height, width) at run time: an int64 pair from its NCHW shape."""
+    shape = graph.node("Shape", [x], stem)
+    return graph.node("Gather", [shape, graph.constant("hw", np.array([2, 3], np.int64))], stem, axis=0)
+
+
 def _pad_to_multiple(graph: _Graph, layer, x: str) -> str:
     """Zero rows and columns at the bottom and right up to a multiple: (m - size % m) % m, from the input's shape."""
     multiple = graph.constant(f"{layer.name}/multiple", np.array([layer.multiple] * 2, np.int64))
-    shape = graph.node("Shape", [x], layer.name)
-    sizes = graph.node("Gather", [shape, graph.constant("hw", np.array([2, 3], np.int64))], layer.name, axis=0)
-    remainder = graph.node("Mod", [sizes, multiple], layer.name)
+    remainder = graph.node("Mod", [_height_width(graph, x, layer.name), multiple], layer.name)
     missing = graph.node("Mod", [graph.node("Sub", [multiple, remainder], layer.name), multiple], layer.name)
     zeros = graph.constant("zeros", np.zeros(6, np.int64))
     pads = graph.node("Concat", [zeros, missing], layer.name, axis=0)  # (begin N C H W, end N C) + (end H, end W)
@@ -113,9 +117,7 @@ def _pad_to_multiple(graph: _Graph, layer, x: str) -> str:
 
 def _crop(graph: _Graph, layer, x: str, reference: str) -> str:
     offset = graph.constant(f"{layer.name}/offset", np.array([layer.offset] * 2, np.int64))
-    shape = graph.node("Shape", [reference], layer.name)
-    sizes = graph.node("Gather", [shape, graph.constant("hw", np.array([2, 3], np.int64))], layer.name, axis=0)
-    stops = graph.node("Add", [offset, sizes], layer.name)
+    stops = graph.node("Add", [offset, _height_width(graph, reference, layer.name)], layer.name)
     return graph.node("Slice", [x, offset, stops, graph.constant("axes", np.array([2, 3], np.int64))], layer.name)
 
 
