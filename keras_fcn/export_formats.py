@@ -63,6 +63,24 @@ class FileExportResult:
     reference_report: dict | None = None
 
 
+def onnx_runner(path: str, outputs: Sequence[str] | None = None) -> Callable[[np.ndarray], dict]:
+    """`images -> {output name: array}` of an ONNX file in onnxruntime's CPU session (`outputs`: all)."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    names = list(outputs) if outputs else [output.name for output in session.get_outputs()]
+    return lambda images: dict(zip(names, session.run(names, {"images": images}), strict=True))
+
+
+def litert_runner(path: str, num_threads: int | None = None) -> Callable[[np.ndarray], dict]:
+    """`images -> {output name: array}` of a LiteRT file's `serving_default` (the interpreter's default
+    threads: one, unless `num_threads`)."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    runner = Interpreter(model_path=path, num_threads=num_threads).get_signature_runner(SERVING_DEFAULT)
+    return lambda images: runner(images=images)
+
+
 def _missing(format_name: str, extra: str, error: ImportError) -> ImportError:
     return ImportError(
         f"The {format_name} export needs packages that are not installed ({error.name or error}): "
@@ -348,8 +366,8 @@ def export_onnx(
                                   tolerance)  # fmt: skip
     probes = probe_images(probe_size)
     try:
-        import onnx  # noqa: F401 (the writer's)
-        import onnxruntime
+        import onnx  # noqa: F401 (the writer's and the runner's, checked before any work)
+        import onnxruntime  # noqa: F401
     except ImportError as error:
         raise _missing("ONNX", "onnx", error) from None
     from keras_fcn.onnx_graph import model_to_onnx
@@ -372,13 +390,8 @@ def export_onnx(
             if quantize and os.path.exists(float_path):
                 os.remove(float_path)
 
-    def run_file(file_path):
-        session = onnxruntime.InferenceSession(file_path, providers=["CPUExecutionProvider"])
-        names = [output.name for output in session.get_outputs()]
-        return lambda images: dict(zip(names, session.run(names, {"images": images}), strict=True))
-
     name = "ONNX int8" if quantize else "ONNX"
-    return _write_checked(path, write, run_file, model, probes, tolerance, name, verbose, gate)
+    return _write_checked(path, write, onnx_runner, model, probes, tolerance, name, verbose, gate)
 
 
 def export_litert(
@@ -432,7 +445,7 @@ def export_litert(
                                   tolerance)  # fmt: skip
     probes = probe_images(probe_size)
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter  # noqa: F401 (the runner's, checked before any work)
     except ImportError as error:
         raise _missing("LiteRT", "litert", error) from None
     import keras
@@ -457,13 +470,9 @@ def export_litert(
             converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
         content = converter.convert()
 
-    def run_file(file_path):
-        runner = Interpreter(model_path=file_path).get_signature_runner(SERVING_DEFAULT)
-        return lambda images: runner(images=images)
-
     def write(tmp: str) -> None:
         with open(tmp, "wb") as handle:
             handle.write(content)
 
     name = "LiteRT int8" if quantize else "LiteRT"
-    return _write_checked(path, write, run_file, model, probes, tolerance, name, verbose, gate)
+    return _write_checked(path, write, litert_runner, model, probes, tolerance, name, verbose, gate)

@@ -245,7 +245,7 @@ def run(args) -> dict:
 def _file_runner(model, work: str, name: str, path: str):
     """`images -> class_ids` of `model`'s ONNX (onnxruntime) or LiteRT file, float32 or int8."""
     from keras_fcn.data import synthetic
-    from keras_fcn.export_formats import export_litert, export_onnx
+    from keras_fcn.export_formats import export_litert, export_onnx, litert_runner, onnx_runner
 
     int8 = {}
     if path.endswith("_int8"):
@@ -254,17 +254,12 @@ def _file_runner(model, work: str, name: str, path: str):
         int8 = {"quantize": "int8", "calibration_images": [source.load(i)[0] for i in range(4)],
                 "min_class_agreement": 0.0}  # fmt: skip
     if path.startswith("onnx"):
-        import onnxruntime
-
         result = export_onnx(model, os.path.join(work, f"{name}.onnx"), verbose=False, **int8)
-        session = onnxruntime.InferenceSession(result.path, providers=["CPUExecutionProvider"])
-        return lambda images: session.run(["class_ids"], {"images": images})[0]
-    from ai_edge_litert.interpreter import Interpreter
-
-    result = export_litert(model, os.path.join(work, f"{name}.tflite"), verbose=False, **int8)
-    # All cores, as TensorFlow and onnxruntime use them.
-    runner = Interpreter(model_path=result.path, num_threads=os.cpu_count()).get_signature_runner("serving_default")
-    return lambda images: runner(images=images)["class_ids"]
+        run = onnx_runner(result.path, outputs=["class_ids"])
+    else:
+        result = export_litert(model, os.path.join(work, f"{name}.tflite"), verbose=False, **int8)
+        run = litert_runner(result.path, num_threads=os.cpu_count())  # all cores, as TF and onnxruntime use
+    return lambda images: run(images)["class_ids"]
 
 
 def _class_ids(signature, pixels: np.ndarray) -> np.ndarray:
