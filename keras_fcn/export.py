@@ -458,20 +458,39 @@ def _compare_with_reference(path: str, reference, probe_data) -> dict:
     """The exported `serving_default`'s class ids against the float32 `reference` model's, per image."""
     import tensorflow as tf
 
+    serving_default = tf.saved_model.load(path).signatures[SERVING_DEFAULT]
+    return compare_class_ids(
+        lambda batch: serving_default(images=tf.constant(batch))["class_ids"].numpy(), reference, probe_data
+    )
+
+
+def compare_class_ids(run, reference, probe_data) -> dict:
+    """Class ids of an exported model, `run(uint8 batch of one) -> (1, H, W)`, against `reference`'s, per image.
+
+    Args:
+        run: the exported model (a signature, an ONNX or LiteRT runner) answering class ids.
+        reference: the Keras model it must agree with (logits).
+        probe_data: `(images, masks)`: uint8 `(H, W, 3)` images, and their true class ids or None.
+
+    Returns:
+        `keras_fcn.precision.agreement_report` over all the pixels, plus `pixels` and `images`.
+
+    Raises:
+        ValueError: masks given, but not one per image.
+    """
     from keras_fcn.precision import agreement_report
 
     images, masks = probe_data
     masks = [None] * len(images) if masks is None else list(masks)
     if len(masks) != len(images):
         raise ValueError(f"probe_data needs one mask per image. Received: {len(images)} images, {len(masks)} masks")
-    serving_default = tf.saved_model.load(path).signatures[SERVING_DEFAULT]
     got, expected = [], []
     for image in images:
         image = np.asarray(image, np.uint8)[None]
-        got.append(serving_default(images=tf.constant(image))["class_ids"].numpy().ravel())
+        got.append(np.asarray(run(image)).ravel())
         expected.append(np.asarray(reference(image.astype(np.float32), training=False)).argmax(-1).ravel())
     labels = None if masks[0] is None else np.concatenate([np.asarray(m).ravel() for m in masks])
     num_classes = int(reference.outputs[0].shape[-1])
     report = agreement_report(np.concatenate(expected), np.concatenate(got), num_classes, labels)
-    report["pixels"] = int(sum(ids.size for ids in got))
+    report.update(pixels=int(sum(ids.size for ids in got)), images=len(images))
     return report

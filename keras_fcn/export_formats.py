@@ -239,25 +239,13 @@ def _int8_check(model, path, quantize, calibration_images, probe_data, min_class
 
 def _agreement_gate(model, probe_data, min_class_agreement: float, path: str):
     """`gate(run)` for `_write_checked`: the file's class ids against the float32 model's on `probe_data`."""
-    import keras
+    from keras_fcn.export import compare_class_ids
 
-    from keras_fcn.precision import agreement_report
-
-    images, masks = probe_data
-    if not len(images):
+    if not len(probe_data[0]):
         raise ValueError("the int8 check needs images: probe_data holds none. Received: probe_data=([], ...)")
 
     def gate(run) -> dict:
-        got, expected = [], []
-        for image in images:
-            batch = np.asarray(image, np.uint8)[None]
-            got.append(np.asarray(run(batch)["class_ids"]).ravel())
-            logits = keras.ops.convert_to_numpy(model(batch.astype(np.float32), training=False))
-            expected.append(logits.argmax(-1).ravel())
-        labels = None if masks is None else np.concatenate([np.asarray(m).ravel() for m in masks])
-        report = agreement_report(np.concatenate(expected), np.concatenate(got), int(model.outputs[0].shape[-1]),
-                                  labels)  # fmt: skip
-        report.update(pixels=int(sum(ids.size for ids in got)), images=len(images))
+        report = compare_class_ids(lambda batch: run(batch)["class_ids"], model, probe_data)
         if not report["class_agreement"] >= min_class_agreement:
             raise ValueError(
                 f"{_report_line(report)}: fewer than min_class_agreement; {path} was not written. "
