@@ -28,6 +28,8 @@ setup(
         f"tensorflow=={TF_MINOR}.*",
         f"tensorflow-serving-api=={TF_MINOR}.*",
         "grpcio>=1.60",
+        # the local server's REST port: an event loop reads requests, slow clients hold no worker
+        "tornado>=6.4",
         # keras_fcn.keras_internals is checked against these releases only.
         "keras>=3.15,<3.16",
         "tensorflow-datasets>=4.9",

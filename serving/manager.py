@@ -8,6 +8,7 @@ import grpc
 from tensorflow_serving.apis import get_model_status_pb2
 
 from .errors import ServingError, log
+from .monitoring import OTHER
 from .versions import LoadedVersion, ServedModel, State
 
 
@@ -95,6 +96,22 @@ class ModelManager:
             name: {version: State.Name(state) for version, (state, _) in model.states().items()}
             for name, model in list(self._models.items())
         }
+
+    def metric_labels(self, name: str, version, signature_name: str) -> tuple[str, str, str]:
+        """(model, version, signature) labels for a request's metrics: only what this server has.
+
+        A name, version or signature it does not have is counted as `monitoring.OTHER`, so requests
+        naming made-up ones cannot grow the metrics without bound.
+        """
+        model = self._models.get(name)
+        if model is None:
+            return (OTHER if name else "", "", "")
+        version = "" if version is None else str(version)
+        if version and not (version.isascii() and version.isdecimal() and int(version) in model.states()):
+            version = OTHER
+        if signature_name and signature_name not in model.signature_names():
+            signature_name = OTHER
+        return name, version, signature_name
 
     def model(self, name: str, version: int | None = None) -> ServedModel:
         if not name:

@@ -18,6 +18,10 @@ With `prometheus_config { enable: true }` the REST port answers `GET /monitoring
   version and signature that answered; on errors those the request named, possibly empty), and
   `:keras_fcn:serving:model_version_state{model_name,version,state}` (1 for each version's state:
   LOADING, AVAILABLE, END ...).
+
+Labels name only what the server has: a request naming a model, version or signature it does not
+have is counted under `(other)`, so made-up names cannot grow the metrics (requests are counted
+whether or not the endpoint is on, with the same bound).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ REQUEST_COUNT = ":tensorflow:serving:request_count"
 REQUEST_LATENCY = ":tensorflow:serving:request_latency"
 LOAD_ATTEMPT_COUNT = ":tensorflow:cc:saved_model:load_attempt_count"
 LOAD_LATENCY = ":tensorflow:cc:saved_model:load_latency"
+# The label of a model, version or signature the server does not have (see `Metrics.labels`).
+OTHER = "(other)"
 VERSION_REQUEST_COUNT = ":keras_fcn:serving:request_count"
 VERSION_REQUEST_LATENCY = ":keras_fcn:serving:request_latency"
 MODEL_VERSION_STATE = ":keras_fcn:serving:model_version_state"
@@ -85,7 +91,12 @@ class _Histogram:
 class Metrics:
     """The server's counters and histograms; thread-safe; rendered by `exposition()`."""
 
-    def __init__(self):
+    def __init__(self, labels=None):
+        """Args:
+            labels: `(model, version, signature) -> (model, version, signature)`, mapping what a request named
+                to labels the server has (e.g. `ModelManager.metric_labels`); None keeps them as named.
+        """
+        self.labels = labels
         self._lock = threading.Lock()
         self._counters: dict[str, dict[tuple, int]] = defaultdict(lambda: defaultdict(int))
         self._histograms: dict[str, dict[tuple, _Histogram]] = defaultdict(lambda: defaultdict(_Histogram))
@@ -103,6 +114,8 @@ class Metrics:
         """Counts one request; its latency too when it succeeded (as TF Serving does)."""
         micros = seconds * 1e6
         version = str(version) if version is not None else ""
+        if self.labels is not None:
+            model_name, version, signature_name = self.labels(model_name, version, signature_name)
         with self._lock:
             self._counters[REQUEST_COUNT][(model_name, status.name)] += 1
             self._counters[VERSION_REQUEST_COUNT][
@@ -224,51 +237,3 @@ class RequestMetricsInterceptor(grpc.ServerInterceptor):
             version=spec.version.value if spec.HasField("version") else "",
             signature_name=spec.signature_name,
         )
-
-
-def monitored_handler(handler_class, metrics: Metrics, states, prometheus_path: str | None, path_pattern):
-    """A subclass of the REST handler class that counts every REST call and serves the metrics page.
-
-    Args:
-        handler_class: the class `rest.make_handler` returns.
-        metrics: where requests are counted.
-        states: a callable returning `{model name: {version: state name}}` for the state gauge.
-        prometheus_path: the endpoint's path; None: no endpoint (metrics are still counted).
-        path_pattern: the REST API's path regex (groups `name`, `version`, `verb`), for the labels.
-    """
-
-    class MonitoredHandler(handler_class):
-        def send_response(self, code, message=None):
-            self.http_code = code
-            super().send_response(code, message)
-
-        def do_GET(self):  # noqa: N802 - http.server's name
-            if prometheus_path is not None and self.path.split("?")[0] == prometheus_path:
-                self._send_metrics()
-            else:
-                self._measured(super().do_GET)
-
-        def do_POST(self):  # noqa: N802
-            self._measured(super().do_POST)
-
-        def _measured(self, handle) -> None:
-            started = time.perf_counter()
-            self.http_code, self.status, self.answered = None, None, None
-            handle()
-            match = path_pattern.match(self.path.split("?")[0])
-            name, verb, version = (
-                (match["name"], match["verb"] or "", match["version"] or "") if match else ("", "", "")
-            )
-            status = self.status or (grpc.StatusCode.OK if self.http_code == 200 else grpc.StatusCode.INTERNAL)
-            version, signature_name = self.answered or (version, "")
-            metrics.record_request(name, verb, "REST", status, time.perf_counter() - started, version, signature_name)
-
-        def _send_metrics(self) -> None:
-            data = metrics.exposition(states()).encode("utf-8")
-            super().send_response(200)
-            self.send_header("Content-Type", CONTENT_TYPE)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-    return MonitoredHandler

@@ -1,4 +1,4 @@
-"""TF Serving's REST API on the standard library's HTTP server.
+"""TF Serving's REST API, transport-free: `respond()` answers one request the HTTP front has read.
 
 - `GET  /v1/models/M[/versions/N|/labels/L]` -> `{"model_version_status": [...]}`
 - `GET  /v1/models/M[/versions/N|/labels/L]/metadata`
@@ -11,10 +11,9 @@
 Errors are `{"error": message}` with the HTTP code of the gRPC status; a path under `/v1/` that no
 route takes is a 400 `Malformed request`, as in TF Serving. The JSON codec is `json_codec.py`.
 
-Bounds: a body larger than `max_body_bytes` (Content-Length or chunked) is refused with 429 before
-it is read; `num_threads` workers serve connections and at most `max_queued` more wait for one,
-any further connection is answered 429 at once; a request not answered within `timeout_ms`
-(`--rest_api_timeout_in_ms`, counted from when its connection was accepted) gets 504.
+A body that may hold more values than `--max_request_elements` is refused before it is parsed
+(`check_values_bound`). How requests arrive, and the bounds on bodies, connections and workers, are
+the front's (`http_front.py`).
 
 Beside these, `GET /` serves a page that tries the model in a browser and `GET /v1/keras_fcn/...` the
 small extension it reads (see `page.py`).
@@ -22,13 +21,9 @@ small extension it reads (see `page.py`).
 
 from __future__ import annotations
 
-import http.server
+import dataclasses
 import json
-import queue
 import re
-import socket
-import threading
-import time
 import urllib.parse
 
 import grpc
@@ -47,15 +42,16 @@ _POST = re.compile(
     r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
 )
 _GET = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:\/(metadata))?")
-_API = re.compile(r"(?i)/v1/.*")  # paths the REST API answers; others are not found
+API = re.compile(r"(?i)/v1/.*")  # paths the REST API answers; others are not found
 # The model, version and verb of a path, for the request metrics' labels.
-_PATH = re.compile(r"(?i)/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/[^/:]+)?(?::(?P<verb>\w+))?")
+PATH = re.compile(r"(?i)/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+)|/labels/[^/:]+)?(?::(?P<verb>\w+))?")
 MAX_VERSION = (1 << 63) - 1  # versions are int64
 MAX_BODY_BYTES = 1 << 30  # as the gRPC message limit
 DEFAULT_TIMEOUT_MS = 30_000  # TF Serving's --rest_api_timeout_in_ms
 DEFAULT_THREADS = 16
 DEFAULT_MAX_QUEUED = 64
-_DRAIN_BYTES = 1 << 20  # unread request bytes discarded before a close, so the client sees the answer
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a JSON string (for the commas inside strings)
+_MAX_COUNTED_STRINGS = 1 << 20  # quotes up to which commas inside strings are taken off the values bound
 HTTP_CODES = {
     grpc.StatusCode.CANCELLED: 499,
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -133,174 +129,98 @@ def metadata_json(response) -> dict:
     }
 
 
-def make_handler(service, max_body_bytes: int = MAX_BODY_BYTES, timeout_ms: int = DEFAULT_TIMEOUT_MS):
-    """An HTTP request handler class bound to a `ServingService`.
+def respond(service, method: str, path: str, body, deadline: float, timeout_ms: int, max_elements: int) -> Reply:
+    """The answer to one REST request, transport-free: the HTTP front reads the request, this answers it.
 
     Args:
         service: the `ServingService` answering the requests.
-        max_body_bytes: the largest request body read; larger ones are answered 429.
-        timeout_ms: how long a request may take, from when its connection was accepted; 504 after.
+        method: the HTTP method.
+        path: the request path with its query string.
+        body: the request body (bytes or bytearray), already bounded by the front.
+        deadline: `time.monotonic()` past which the request is answered 504.
+        timeout_ms: `--rest_api_timeout_in_ms`, named in the 504's message.
+        max_elements: `--max_request_elements`; a body that may hold more values is refused before parsing.
     """
-
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "keras-fcn-model-server"
-        # Socket timeout: a client that stops sending (or an idle keep-alive connection) frees its worker.
-        timeout = max(timeout_ms / 1000, 1.0)
-        status = answered = None  # the error's gRPC code; the version and signature that answered
-
-        def log_message(self, format, *args):  # noqa: A002 - the base class's name
-            log.debug("REST %s", format % args)
-
-        def parse_request(self) -> bool:
-            # A request line arrived: this connection is now answering a request, not idle.
-            self._mark_active(True)
-            return super().parse_request()
-
-        def _mark_active(self, active: bool) -> None:
-            getattr(self.server, "mark_active", lambda *_: None)(self.request, active)
-
-        def _reply(self, code: int, body) -> None:
-            data = (body if isinstance(body, str) else json.dumps(body)).encode("utf-8")
-            self._send(code, "application/json", data)
-
-        def _send(self, code: int, content_type: str, data: bytes, headers: dict | None = None) -> None:
-            if getattr(self.server, "draining", False):
-                self.close_connection = True
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            if self.close_connection:
-                self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
-            self._mark_active(False)
-
-        def _answer(self, answer) -> None:
-            """Replies with `answer(deadline)` (None: it replied itself), or with the error it raised."""
-            accepted = getattr(self.server, "take_accepted_time", lambda: None)()
-            deadline = (accepted or time.monotonic()) + timeout_ms / 1000
-            try:
-                body = answer(deadline)
-                if body is not None:
-                    self._reply(200, body)
-            except ServingError as error:
-                self.status = error.code  # for the request metrics
-                message = error.message
-                if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                    message += f" (the request took more than --rest_api_timeout_in_ms={timeout_ms})"
-                self._reply(HTTP_CODES.get(error.code, 500), {"error": message})
-            except RecursionError:  # JSON nested too deeply for the parser or the codec
-                self.status = grpc.StatusCode.INVALID_ARGUMENT
-                self._reply(400, {"error": "Failed to process the request: JSON nested too deeply"})
-            except TimeoutError:  # the client stopped sending its body for the whole timeout
-                self.close_connection = True
-                message = f"Deadline exceeded: the body did not arrive within --rest_api_timeout_in_ms={timeout_ms}"
-                self.status = grpc.StatusCode.DEADLINE_EXCEEDED
-                self._reply(504, {"error": message})
-            except Exception as error:  # the server stays up and answers whatever the request held
-                log.exception("REST request failed")
-                self.close_connection = True
-                self._reply(500, {"error": f"{type(error).__name__}: {error}"})
-
-        def _body(self) -> bytes:
-            """The request body (Content-Length or chunked), refused past `max_body_bytes`."""
-            if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-                return self._chunked_body()
-            text = (self.headers.get("Content-Length") or "0").strip()
-            if not (text.isascii() and text.isdecimal()):
-                self.close_connection = True  # where this body ends is unknown
-                raise invalid_argument(f"Content-Length must be a non-negative integer; received {text[:40]!r}")
-            length = int(text)
-            if length > max_body_bytes:
-                self.close_connection = True
-                raise _too_large(length, max_body_bytes)
-            body = self.rfile.read(length)
-            if len(body) < length:
-                self.close_connection = True
-                raise invalid_argument(f"the request body ended after {len(body)} of its {length} bytes")
-            return body
-
-        def _chunked_body(self) -> bytes:
-            self.close_connection = True  # until the last chunk is read, the stream position is unsure
-            parts, total = [], 0
-            while True:
-                line = self.rfile.readline(1024)
-                try:
-                    size = int(line.split(b";")[0].strip(), 16)
-                except ValueError:
-                    size = -1
-                if size < 0:
-                    raise invalid_argument(f"malformed chunk size line in a chunked body: {line[:40]!r}")
-                if size == 0:
-                    break
-                total += size
-                if total > max_body_bytes:
-                    raise _too_large(total, max_body_bytes, "at least ")
-                chunk = self.rfile.read(size)
-                if len(chunk) < size or self.rfile.readline(3) not in (b"\r\n", b"\n"):
-                    raise invalid_argument("a chunk of the chunked body is truncated or not followed by CRLF")
-                parts.append(chunk)
-            for _ in range(100):  # trailer fields, then the empty line
-                if self.rfile.readline(8192) in (b"\r\n", b"\n", b""):
-                    self.close_connection = False
-                    return b"".join(parts)
-            raise invalid_argument("too many trailer fields after a chunked body")
-
-        def _handle(self, method: str) -> None:
-            def answer(deadline):
-                raw = self._body()
-                path = self.path.split("?")[0]
-                if method == "GET":
-                    # The page and its extension first: TF Serving's routes are unchanged by them.
-                    file = page.static_file(path)
-                    if file is not None:
-                        self._send(200, *file, page.STATIC_HEADERS)
-                        return None
-                    extension = page.extension_json(service, path)
-                    if extension is not None:
-                        return extension
-                if not _API.fullmatch(path):
-                    raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {method} {path}")
-                action, spec = parse_path(method, path)
-                if method == "GET":
-                    if action == "metadata":
-                        return metadata_json(service.metadata_for(**spec))
-                    return status_json(service.status_for(**spec))
-                reply, self.answered = _post(service, action, spec, raw, deadline)  # answered: for the metrics
-                check_deadline(deadline, "the answer was sent")
+    reply = Reply()
+    try:
+        path = path.split("?")[0]
+        if method == "GET":
+            # The page and its extension first: TF Serving's routes are unchanged by them.
+            file = page.static_file(path)
+            if file is not None:
+                reply.content_type, reply.data = file
+                reply.headers = page.STATIC_HEADERS
                 return reply
+            extension = page.extension_json(service, path)
+            if extension is not None:
+                return reply.json(200, extension)
+        if not API.fullmatch(path):
+            raise ServingError(grpc.StatusCode.NOT_FOUND, f"Not found: {method} {path}")
+        action, spec = parse_path(method, path)
+        if method == "GET":
+            if action == "metadata":
+                return reply.json(200, metadata_json(service.metadata_for(**spec)))
+            return reply.json(200, status_json(service.status_for(**spec)))
+        check_values_bound(body, max_elements)
+        answer, reply.answered = _post(service, action, spec, body, deadline)
+        check_deadline(deadline, "the answer was sent")
+        return reply.json(200, answer)
+    except ServingError as error:
+        reply.status = error.code
+        message = error.message
+        if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            message += f" (the request took more than --rest_api_timeout_in_ms={timeout_ms})"
+        return reply.json(HTTP_CODES.get(error.code, 500), {"error": message})
+    except RecursionError:  # JSON nested too deeply for the parser or the codec
+        reply.status = grpc.StatusCode.INVALID_ARGUMENT
+        return reply.json(400, {"error": "Failed to process the request: JSON nested too deeply"})
+    except Exception as error:  # the server stays up and answers whatever the request held
+        log.exception("REST request failed")
+        reply.status, reply.close = grpc.StatusCode.INTERNAL, True
+        return reply.json(500, {"error": f"{type(error).__name__}: {error}"})
 
-            self._answer(answer)
 
-        def do_GET(self):  # noqa: N802 - http.server's names
-            self._handle("GET")
+@dataclasses.dataclass
+class Reply:
+    """What the HTTP front sends: the code, the body and its type, extra headers; and, for the metrics,
+    the gRPC status of an error and the (version, signature) that answered."""
 
-        def do_POST(self):  # noqa: N802
-            self._handle("POST")
+    code: int = 200
+    content_type: str = "application/json"
+    data: bytes = b""
+    headers: dict = dataclasses.field(default_factory=dict)
+    status: grpc.StatusCode | None = None
+    answered: tuple | None = None
+    close: bool = False  # close the connection after this reply
 
-        def do_OPTIONS(self):  # noqa: N802 - a CORS preflight: 200 with an Origin, else 400 (both empty)
-            if not _API.fullmatch(self.path.split("?")[0]):
-                self._reply(404, {"error": f"Not found: OPTIONS {self.path}"})
-                return
-            origin = re.search(r"https?://", self.headers.get("Origin", ""))
-            self.send_response(200 if origin else 400)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            self._mark_active(False)
+    def json(self, code: int, body) -> Reply:
+        self.code = code
+        self.content_type = "application/json"
+        self.data = (body if isinstance(body, str) else json.dumps(body)).encode("utf-8")
+        return self
 
-        def do_PUT(self):  # noqa: N802 - TF Serving answers other methods "Malformed request"
-            self._handle("PUT")
 
-        def do_DELETE(self):  # noqa: N802
-            self._handle("DELETE")
+def check_values_bound(body, max_elements: int) -> None:
+    """Refuses a body that may hold more JSON values than `--max_request_elements`, before it is parsed.
 
-        def do_PATCH(self):  # noqa: N802
-            self._handle("PATCH")
+    In any JSON text, every value but the first of each array or object follows a comma, so its scalar
+    values (numbers, strings, true/false/null) number at most one more than its commas: one pass of
+    `bytes.count` (a fraction of a second for 300 MB). A comma inside a string over-counts; when the bound
+    is over the limit and the body has few strings, those commas are taken off before refusing.
 
-    return Handler
+    Raises:
+        ServingError: INVALID_ARGUMENT naming the bound and the limit.
+    """
+    bound = body.count(b",") + 1
+    if bound <= max_elements:
+        return
+    if body.count(b'"') <= _MAX_COUNTED_STRINGS:
+        bound -= sum(match.group().count(b",") for match in _STRING.finditer(body))
+    if bound > max_elements:
+        raise invalid_argument(
+            f"the request body holds up to {bound} values, more than the {max_elements} one request may "
+            "hold (--max_request_elements)"
+        )
 
 
 def _post(service, verb: str, spec: dict, raw: bytes, deadline: float | None = None) -> tuple[str, tuple[int, str]]:
@@ -314,11 +234,11 @@ def _post(service, verb: str, spec: dict, raw: bytes, deadline: float | None = N
         if verb == "classify":
             request = classification_pb2.ClassificationRequest(input=model_input)
             request.model_spec.signature_name = signature_name
-            response = classify_lib.classify(version, request, service.run, service.method_name_check)
+            response = classify_lib.classify(version, request, service.runner(deadline), service.method_name_check)
             return json_codec.classification_json(response.result), _answered(response)
         request = regression_pb2.RegressionRequest(input=model_input)
         request.model_spec.signature_name = signature_name
-        response = regress_lib.regress(version, request, service.run, service.method_name_check)
+        response = regress_lib.regress(version, request, service.runner(deadline), service.method_name_check)
         return json_codec.regression_json(response.result), _answered(response)
     version = service.resolve(**spec)
     name = signature_name or DEFAULT_SIGNATURE
@@ -337,151 +257,6 @@ def _answered(response) -> tuple[int, str]:
     return response.model_spec.version.value, response.model_spec.signature_name
 
 
-def _too_large(size: int, limit: int, prefix: str = "") -> ServingError:
-    return ServingError(
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        f"request body of {prefix}{size} bytes is larger than the limit of {limit} bytes (--rest_api_max_body_bytes)",
-    )
-
-
-def _discard_and_close(connection: socket.socket, wait: float) -> None:
-    """Closes a connection after reading what the client still sends (up to 1 MiB or `wait` s).
-
-    Closing a socket with unread input makes the kernel send a reset, which can destroy the reply
-    before the client reads it.
-    """
-    try:
-        connection.shutdown(socket.SHUT_WR)
-        connection.settimeout(wait)
-        received = 0
-        while received < _DRAIN_BYTES:
-            data = connection.recv(65536)
-            if not data:
-                break
-            received += len(data)
-    except OSError:
-        pass
-    connection.close()
-
-
-class RestServer(http.server.HTTPServer):
-    """An HTTP server with a bounded pool: `num_threads` workers, at most `max_queued` waiting connections.
-
-    A connection beyond those is answered 429 at once and closed: nothing queues without bound.
-    `drain(grace)` stops taking connections and lets requests in flight finish for `grace` seconds.
-    """
-
-    allow_reuse_address = True
-
-    def __init__(self, address, handler, *, num_threads: int = DEFAULT_THREADS, max_queued: int = DEFAULT_MAX_QUEUED):
-        if num_threads < 1 or max_queued < 0:
-            raise ValueError(
-                f"num_threads must be >= 1 and max_queued >= 0. Received: num_threads={num_threads}, "
-                f"max_queued={max_queued}"
-            )
-        super().__init__(address, handler)
-        self.draining = False
-        self.refused = 0  # queued connections answered 503 because the drain had begun
-        self._waiting: queue.SimpleQueue = queue.SimpleQueue()
-        self._capacity = num_threads + max_queued  # connections served or waiting, at most
-        self._admitted = 0
-        self._lock = threading.Condition()
-        self._busy: set[socket.socket] = set()  # connections held by a worker
-        self._active: set[socket.socket] = set()  # of those, the ones answering a request
-        self._local = threading.local()
-        self._workers = [threading.Thread(target=self._work, name=f"rest-{i}", daemon=True) for i in range(num_threads)]
-        for worker in self._workers:
-            worker.start()
-
-    def process_request(self, request, client_address) -> None:
-        with self._lock:
-            admitted = self._admitted < self._capacity
-            self._admitted += admitted
-        if admitted:
-            self._waiting.put((request, client_address, time.monotonic()))
-        else:
-            self._refuse(request, 429, "too many REST requests at once; retry later")
-
-    @staticmethod
-    def _refuse(request, code: int, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
-        reason = {429: "Too Many Requests", 503: "Service Unavailable"}[code]
-        head = f"HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-        try:
-            request.settimeout(1.0)
-            request.sendall(head.encode() + b"Connection: close\r\n\r\n" + body)
-        except OSError:
-            pass
-        _discard_and_close(request, 0.05)  # the accepting thread must not wait long
-
-    def mark_active(self, connection: socket.socket, active: bool) -> None:
-        """Called by the handler: a request started (True) or was answered (False) on `connection`."""
-        with self._lock:
-            if active:
-                self._active.add(connection)
-            else:
-                self._active.discard(connection)
-                self._lock.notify_all()
-
-    def take_accepted_time(self) -> float | None:
-        """When this thread's connection was accepted, once: its first request counts the wait for a worker."""
-        accepted, self._local.accepted = getattr(self._local, "accepted", None), None
-        return accepted
-
-    def _work(self) -> None:
-        while True:
-            item = self._waiting.get()
-            if item is None:
-                return
-            request, client_address, accepted = item
-            with self._lock:
-                self._busy.add(request)
-            self._local.accepted = accepted
-            try:
-                if self.draining:
-                    with self._lock:
-                        self.refused += 1
-                    self._refuse(request, 503, "the server is shutting down")
-                else:
-                    self.finish_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-            finally:
-                _discard_and_close(request, 0.2)
-                with self._lock:
-                    self._admitted -= 1
-                    self._busy.discard(request)
-                    self._active.discard(request)
-                    self._lock.notify_all()
-
-    @property
-    def in_flight(self) -> int:
-        """Requests being answered now (read or being read by a worker, not yet replied to)."""
-        with self._lock:
-            return len(self._active)
-
-    def drain(self, grace: float) -> int:
-        """Refuses new connections, lets requests in flight finish for up to `grace` s, then closes.
-
-        Returns:
-            How many requests were still being answered after `grace` s (their connections are closed).
-        """
-        self.draining = True
-        self.shutdown()  # the accept loop stops, then the listening socket closes
-        self.server_close()
-        deadline = time.monotonic() + grace
-        with self._lock:
-            while self._active and time.monotonic() < deadline:
-                self._lock.wait(max(deadline - time.monotonic(), 0.01))
-            unfinished = len(self._active)
-            for connection in list(self._busy):  # idle keep-alive ones, and any past the grace time
-                try:
-                    connection.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-        for _ in self._workers:  # connections still waiting are answered 503 by the workers first
-            self._waiting.put(None)
-        finish = max(deadline, time.monotonic() + 1.0)  # time for those 503s, not for a request past grace
-        for worker in self._workers:
-            worker.join(max(finish - time.monotonic(), 0.0))
-        return unfinished
+def too_large(size: int, limit: int, prefix: str = "") -> str:
+    """The 413's message for a body of `size` bytes (or at least that many) past `limit`."""
+    return f"request body of {prefix}{size} bytes is larger than the limit of {limit} bytes (--rest_api_max_body_bytes)"

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from concurrent import futures
@@ -39,14 +40,13 @@ from .config import (
     model_config,
     parse_batching_parameters,
     read_model_config_file,
-    validate_model_configs,
 )
 from .config_watch import ConfigFileWatcher
-from .errors import MAX_ERROR_CHARS, ServingError, check_deadline, log
+from .errors import MAX_ERROR_CHARS, ServingError, check_deadline, invalid_argument, log
 from .grpc_options import MAX_MESSAGE_BYTES, server_options  # noqa: F401 - the limit stays importable here
+from .http_front import DEFAULT_MAX_CONNECTIONS, RestFront
 from .manager import ModelManager
-from .rest import _PATH as REST_PATH
-from .rest import DEFAULT_MAX_QUEUED, DEFAULT_THREADS, DEFAULT_TIMEOUT_MS, MAX_BODY_BYTES, RestServer, make_handler
+from .rest import DEFAULT_MAX_QUEUED, DEFAULT_THREADS, DEFAULT_TIMEOUT_MS, MAX_BODY_BYTES
 from .tensors import MAX_REQUEST_ELEMENTS
 from .versions import LoadedVersion
 
@@ -72,6 +72,7 @@ class ServingService:
         self.scheduler = scheduler
         self.method_name_check = method_name_check  # TF Serving's --enable_signature_method_name_check
         self.max_request_elements = max_request_elements
+        self.model_management = True  # HandleReloadConfigRequest answered (else UNIMPLEMENTED)
 
     def run(self, function, inputs: dict, deadline: float | None = None) -> dict:
         """Calls a signature, batched if enabled; not at all once its sender's deadline has passed."""
@@ -88,17 +89,23 @@ class ServingService:
         run = lambda function, inputs: self.run(function, inputs, deadline)  # noqa: E731
         return predict_lib.predict(version, request, run, self.method_name_check, self.max_request_elements)
 
-    def classify(self, request):
-        return classify_lib.classify(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
+    def runner(self, deadline: float | None):
+        """`run(function, inputs)` that keeps the request's deadline (in the batch queue and after the run)."""
+        return lambda function, inputs: self.run(function, inputs, deadline)
 
-    def regress(self, request):
-        return regress_lib.regress(self.manager.resolve(_spec(request)), request, self.run, self.method_name_check)
+    def classify(self, request, deadline: float | None = None):
+        version = self.manager.resolve(_spec(request))
+        return classify_lib.classify(version, request, self.runner(deadline), self.method_name_check)
 
-    def multi_inference(self, request):
+    def regress(self, request, deadline: float | None = None):
+        version = self.manager.resolve(_spec(request))
+        return regress_lib.regress(version, request, self.runner(deadline), self.method_name_check)
+
+    def multi_inference(self, request, deadline: float | None = None):
         # TF Serving resolves the first task's model, then checks the tasks against it.
         spec = request.tasks[0].model_spec if request.tasks else _model_pb2.ModelSpec()
         version = self.manager.resolve(spec)
-        return multi_inference_lib.multi_inference(version, request, self.run, self.method_name_check)
+        return multi_inference_lib.multi_inference(version, request, self.runner(deadline), self.method_name_check)
 
     def predict_arrays(
         self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=(), deadline=None
@@ -148,9 +155,32 @@ class ServingService:
         return self.manager.status(spec)
 
     def reload(self, request):
-        configs = validate_model_configs(list(request.config.model_config_list.config), "ReloadConfigRequest")
+        configs = list(request.config.model_config_list.config)
+        _check_reload_configs(configs)
         self.manager.reload(configs)
         return model_management_pb2.ReloadConfigResponse()
+
+
+def _check_reload_configs(configs) -> None:
+    """TF Serving's checks of a `ReloadConfigRequest`'s model list, as INVALID_ARGUMENT with its words.
+
+    Raises:
+        ServingError: INVALID_ARGUMENT for an empty list, a model without a name, a name listed twice,
+            or a base path that is not absolute (TF Serving has no root folder to resolve it against).
+    """
+    if not configs:
+        raise invalid_argument("ReloadConfigRequest must list at least one model in model_config_list")
+    names = set()
+    for config in configs:
+        if not config.name:
+            raise invalid_argument(f"ReloadConfigRequest lists a model without a name; base_path()={config.base_path}")
+        if config.name in names:
+            raise invalid_argument(f"Illegal to list model {config.name} multiple times in config list")
+        names.add(config.name)
+        if not os.path.isabs(config.base_path) and "://" not in config.base_path:
+            raise invalid_argument(
+                f"Expected model {config.name} to have an absolute path or URI; got base_path()={config.base_path}"
+            )
 
 
 def _deadline(context) -> float | None:
@@ -203,8 +233,8 @@ class _RequestGuard(grpc.ServerInterceptor):
         Returns:
             How many calls were still running at the deadline.
         """
-        self.draining = True
         with self._condition:
+            self.draining = True
             while self._in_flight and time.monotonic() < deadline:
                 self._condition.wait(max(deadline - time.monotonic(), 0.01))
             return self._in_flight
@@ -222,16 +252,17 @@ class _RequestGuard(grpc.ServerInterceptor):
                 return _Malformed(error)
 
         def run(request, context):
-            if self.draining:
-                with self._condition:
-                    self.refused += 1
-                context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
-            if isinstance(request, _Malformed):
-                message = f"Could not parse the request message: {type(request.error).__name__}: {request.error}"
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, message[:MAX_ERROR_CHARS])
+            # The drain flag is read and the call counted under one lock: `drain` sees every call it lets in.
             with self._condition:
-                self._in_flight += 1
+                refused = self.draining
+                self.refused += refused
+                self._in_flight += not refused
+            if refused:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
             try:
+                if isinstance(request, _Malformed):
+                    message = f"Could not parse the request message: {type(request.error).__name__}: {request.error}"
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, message[:MAX_ERROR_CHARS])
                 return behaviour(request, context)
             finally:
                 with self._condition:
@@ -252,13 +283,13 @@ class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         return _answer(context, self.service.metadata, request)
 
     def Classify(self, request, context):  # noqa: N802
-        return _answer(context, self.service.classify, request)
+        return _answer(context, lambda r: self.service.classify(r, _deadline(context)), request)
 
     def Regress(self, request, context):  # noqa: N802
-        return _answer(context, self.service.regress, request)
+        return _answer(context, lambda r: self.service.regress(r, _deadline(context)), request)
 
     def MultiInference(self, request, context):  # noqa: N802
-        return _answer(context, self.service.multi_inference, request)
+        return _answer(context, lambda r: self.service.multi_inference(r, _deadline(context)), request)
 
 
 class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
@@ -269,6 +300,11 @@ class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
         return _answer(context, self.service.status, request)
 
     def HandleReloadConfigRequest(self, request, context):  # noqa: N802
+        if not self.service.model_management:
+            context.abort(
+                grpc.StatusCode.UNIMPLEMENTED,
+                "model management is turned off on this server (--enable_model_management=false)",
+            )
         return _answer(context, self.service.reload, request)
 
 
@@ -287,11 +323,16 @@ class ModelServer:
         poll_seconds: how often the base paths are scanned for new versions.
         grpc_threads: worker threads of the gRPC server (`--grpc_max_threads`).
         rest_threads: worker threads of the REST server (`--rest_api_num_threads`).
-        max_queued_requests: requests (gRPC) or connections (REST) that may wait for a worker;
-            past them gRPC answers RESOURCE_EXHAUSTED and REST 429.
-        max_request_elements: the most values the tensors of one gRPC Predict request may declare.
-        rest_timeout_ms: REST requests not answered in this time get 504 (`--rest_api_timeout_in_ms`).
-        rest_max_body_bytes: larger REST bodies are refused with 429 before they are read.
+        max_queued_requests: requests that may wait for a worker; past them gRPC answers
+            RESOURCE_EXHAUSTED and REST 429.
+        max_request_elements: the most values one Predict request may hold: declared by the tensors of a
+            gRPC request, counted in a REST body before it is parsed.
+        rest_timeout_ms: REST requests not answered in this time get 504 (`--rest_api_timeout_in_ms`);
+            also the time a REST request's headers, then its body, may take to arrive.
+        rest_max_body_bytes: larger REST bodies are refused with 413 before they are read.
+        rest_max_connections: open REST connections at most; one more is answered 503 and closed.
+        enable_model_management: answer ModelService's HandleReloadConfigRequest, which loads any path a
+            client names; False answers it UNIMPLEMENTED (see the README's security section).
         model_config_file_poll_wait_seconds: with `model_config_file`, re-read it this often and
             switch to the models it lists; 0: read once at start (TF Serving's default).
         grpc_channel_arguments: gRPC server options overriding the defaults, as TF Serving's
@@ -328,6 +369,8 @@ class ModelServer:
         max_request_elements: int = MAX_REQUEST_ELEMENTS,
         rest_timeout_ms: int = DEFAULT_TIMEOUT_MS,
         rest_max_body_bytes: int = MAX_BODY_BYTES,
+        rest_max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        enable_model_management: bool = True,
         model_config_file_poll_wait_seconds: float = 0.0,
         grpc_channel_arguments: str | dict | None = None,
         grpc_socket_path: str | None = None,
@@ -350,6 +393,7 @@ class ModelServer:
             "max_request_elements": max_request_elements,
             "rest_timeout_ms": rest_timeout_ms,
             "rest_max_body_bytes": rest_max_body_bytes,
+            "rest_max_connections": rest_max_connections,
         }
         limits["max_queued_requests"] = max_queued_requests
         for key, value in limits.items():
@@ -382,6 +426,7 @@ class ModelServer:
         self._ssl_config = tls.read_ssl_config(ssl_config_file) if ssl_config_file else None
         self.metrics = monitoring.Metrics()
         self._method_name_check = enable_signature_method_name_check
+        self.enable_model_management = enable_model_management
         self.grpc_port = self.rest_port = None
         self._grpc = self._rest = self._manager = self.scheduler = self._watcher = self._guard = None
         self._stopped = threading.Event()
@@ -404,6 +449,7 @@ class ModelServer:
         self.scheduler = BatchScheduler(self.batching_parameters) if self.batching_parameters else None
         limits = self._limits
         service = ServingService(None, self.scheduler, self._method_name_check, limits["max_request_elements"])
+        service.model_management = self.enable_model_management
         self._manager = ModelManager(
             self._configs,
             self._poll_seconds,
@@ -411,6 +457,7 @@ class ModelServer:
             on_load=self.metrics.record_load,
         )
         service.manager = self._manager
+        self.metrics.labels = self._manager.metric_labels  # bounded labels, monitoring on or off
         try:
             self._manager.start()
         except RuntimeError:
@@ -439,22 +486,26 @@ class ModelServer:
         if self.grpc_socket_path:
             log.info("Running gRPC ModelServer at UNIX socket %s ...", self.grpc_socket_path)
         if self._ports[1] is not None:
-            handler = make_handler(service, limits["rest_max_body_bytes"], limits["rest_timeout_ms"])
-            handler = monitoring.monitored_handler(
-                handler, self.metrics, self._manager.version_states, self.prometheus_path, REST_PATH
-            )
             try:
-                self._rest = RestServer(
-                    (self._host, self._ports[1]),
-                    handler,
+                self._rest = RestFront(
+                    service,
+                    self._host,
+                    self._ports[1],
                     num_threads=limits["rest_threads"],
                     max_queued=limits["max_queued_requests"],
+                    max_body_bytes=limits["rest_max_body_bytes"],
+                    timeout_ms=limits["rest_timeout_ms"],
+                    max_connections=limits["rest_max_connections"],
+                    max_elements=limits["max_request_elements"],
+                    metrics=self.metrics,
+                    prometheus_path=self.prometheus_path,
+                    states=self._manager.version_states,
                 )
             except OSError as error:
                 self.stop()
                 raise RuntimeError(f"cannot bind REST port {self._host}:{self._ports[1]}: {error}") from error
-            self.rest_port = self._rest.server_address[1]
-            threading.Thread(target=self._rest.serve_forever, name="rest", daemon=True).start()
+            self.rest_port = self._rest.port
+            self._rest.start()
             log.info("Exporting HTTP/REST API at:%s ...", self.rest_address)
             if self.prometheus_path:
                 log.info("Prometheus metrics at %s%s", self.rest_address, self.prometheus_path)

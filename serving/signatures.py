@@ -67,6 +67,10 @@ class SessionModel:
             loader = tf.compat.v1.saved_model.loader
             self.meta_graph = loader.load(self.session, list(tags), path)
 
+    def close(self) -> None:
+        """Closes the session (its variables and kernels); its signatures fail from then on."""
+        self.session.close()
+
     def signatures(self) -> dict:
         return {
             name: _SessionSignature(self.session, signature_def)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 
 import grpc
 import tensorflow as tf
@@ -19,7 +20,7 @@ from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, read_class_names, version_folders
 
 from .errors import ServingError, log
-from .signatures import load_signatures
+from .signatures import SessionModel, load_signatures
 
 DEFAULT_SIGNATURE = "serving_default"
 MAX_WARMUP_RECORDS = 1000
@@ -68,6 +69,10 @@ class LoadedVersion:
         self.signature_defs = dict(meta_graph.signature_def)
         self.class_names = read_class_names(path)  # None when the export has no assets.extra/class_names.txt
         self.functions, self._saved_model = load_signatures(path, meta_graph)
+        if isinstance(self._saved_model, SessionModel):
+            # A TF1 session is closed once the version is unloaded and the last request holding it is done,
+            # not whenever the garbage collector reaches the session's reference cycles.
+            weakref.finalize(self, self._saved_model.close)
 
     def signature(self, name: str):
         """(SignatureDef, function) for `name` (empty = serving_default), else FAILED_PRECONDITION."""
@@ -242,6 +247,11 @@ class ServedModel:
                     f"Servable not found for request: Specific({self.name}, {version})",
                 )
             return self._versions[version]
+
+    def signature_names(self) -> set[str]:
+        """The signature names of the loaded versions."""
+        with self._lock:
+            return {name for loaded in self._versions.values() for name in loaded.signature_defs}
 
     def available_versions(self) -> list[int]:
         """The loaded version numbers, newest first."""

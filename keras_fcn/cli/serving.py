@@ -3,6 +3,7 @@ server, and a gRPC client."""
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import sys
@@ -283,15 +284,26 @@ def add_serve(verbs) -> None:
     )
     # Bounds on what requests may cost (TF Serving's flag names where it has one).
     limits = (
-        ("--max-request-elements", "--max_request_elements", 3 << 25, "values one gRPC Predict request may declare"),
+        ("--max-request-elements", "--max_request_elements", 3 << 25, "values one Predict request may hold"),
         ("--grpc-max-threads", "--grpc_max_threads", 16, "gRPC worker threads"),
         ("--rest-api-num-threads", "--rest_api_num_threads", 16, "REST worker threads"),
         ("--max-queued-requests", "--max_queued_requests", 64, "requests waiting for a worker; then 429"),
         ("--rest-api-timeout-in-ms", "--rest_api_timeout_in_ms", 30000, "REST request timeout; then 504"),
-        ("--rest-api-max-body-bytes", "--rest_api_max_body_bytes", 1 << 30, "largest REST body; then 429"),
+        ("--rest-api-max-body-bytes", "--rest_api_max_body_bytes", 1 << 30, "largest REST body; then 413"),
+        ("--rest-api-max-connections", "--rest_api_max_connections", 1024, "open REST connections; then 503"),
     )
     for flag, alias, default, text in limits:
         parser.add_argument(flag, alias, type=int, default=default, help=f"{text} (default: {default})")
+    parser.add_argument(
+        "--enable-model-management",
+        "--enable_model_management",
+        dest="model_management",
+        type=_flag_bool,
+        default=True,
+        metavar="true|false",
+        help="answer ModelService/HandleReloadConfigRequest, which loads any path a client names (default: true; "
+        "false answers it UNIMPLEMENTED)",
+    )
     parser.add_argument(
         "--shutdown-grace-seconds",
         type=float,
@@ -299,6 +311,14 @@ def add_serve(verbs) -> None:
         help="on SIGTERM, how long requests in flight may finish (default: 10)",
     )
     parser.set_defaults(run=_run_serve)
+
+
+def _flag_bool(text: str) -> bool:
+    """A boolean flag's value as TF Serving's flags take it: true/false (also 1/0)."""
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false. Received: {text!r}")
+    return value in ("true", "1")
 
 
 def _run_serve(args) -> int:
@@ -338,6 +358,8 @@ def _run_serve(args) -> int:
             max_request_elements=args.max_request_elements,
             rest_timeout_ms=args.rest_api_timeout_in_ms,
             rest_max_body_bytes=args.rest_api_max_body_bytes,
+            rest_max_connections=args.rest_api_max_connections,
+            enable_model_management=args.model_management,
         )
         stop = threading.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):

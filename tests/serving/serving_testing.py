@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+
 import numpy as np
 from testing import free_port, wait_until  # noqa: F401 - the serving tests' names for them
 
@@ -55,3 +60,63 @@ def random_images(n: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     big = np.repeat(np.repeat(small, 8, axis=1), 8, axis=2)[:, :height, :width]
     big = np.pad(big, ((0, 0), (0, height - big.shape[1]), (0, width - big.shape[2]), (0, 0)), mode="edge")
     return big.astype(np.uint8)
+
+
+class Server:
+    """`keras-fcn serve` in a child process over `base_path`; restartable on the same ports."""
+
+    def __init__(self, base_path: str, log_path: str, *flags: str):
+        self.base_path, self.log_path, self.flags = base_path, log_path, flags
+        self.grpc_port, self.rest_port = free_port(), free_port()
+        self.process = None
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self) -> Server:
+        import grpc
+
+        command = [sys.executable, "-m", "keras_fcn.cli", "serve", "--model-base-path", self.base_path]
+        command += ["--model-name", "fcn", "--port", str(self.grpc_port), "--rest-port", str(self.rest_port)]
+        command += list(self.flags)
+        with open(self.log_path, "a") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        with grpc.insecure_channel(self.grpc_address) as channel:
+            wait_until(lambda: self.alive() and available(channel), 180, "the server to serve")
+        # gRPC starts first; REST clients must not find its port closed either
+        wait_until(lambda: self.alive() and listening(self.rest_port), 60, "the REST port to open")
+        return self
+
+    def alive(self) -> bool:
+        if self.process.poll() is not None:
+            with open(self.log_path) as log:
+                raise AssertionError(f"the server exited with {self.process.returncode}:\n{log.read()[-3000:]}")
+        return True
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise
+
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except OSError:
+        return False
+    return True
+
+
+def available(channel) -> bool:
+    from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+    request = get_model_status_pb2.GetModelStatusRequest()
+    request.model_spec.name = "fcn"
+    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=5)
+    return any(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in response.model_version_status)
+
+

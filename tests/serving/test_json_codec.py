@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 from google.protobuf import text_format
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 
@@ -192,3 +194,35 @@ def test_classification_and_regression_json():
     assert "empty ClassificationResults" in error_of(lambda: json_codec.classification_json(empty_classification))
     empty_regression = regression_pb2.RegressionResult()
     assert "empty RegressionResults" in error_of(lambda: json_codec.regression_json(empty_regression))
+
+
+# --- the values bound checked before a REST body is parsed ----------------------------------------
+
+
+def _scalars(value) -> int:
+    """The scalar values of a JSON document, counting an empty array or object as one (the bound does)."""
+    if isinstance(value, list) and value:
+        return sum(map(_scalars, value))
+    if isinstance(value, dict) and value:
+        return sum(map(_scalars, value.values()))
+    return 1
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(",ab\"\\[]{} ", max_size=6),
+    lambda children: st.lists(children, max_size=5) | st.dictionaries(st.text(",k", max_size=3), children, max_size=4),
+    max_leaves=60,
+)
+
+
+@settings(derandomize=True, database=None, max_examples=300, deadline=None)
+@given(document=_JSON, indent=st.sampled_from([None, 1]))
+def test_the_values_bound_never_refuses_a_body_within_the_limit(document, indent):
+    from keras_fcn.serving import rest
+
+    body = json.dumps(document, indent=indent).encode()
+    exact = _scalars(document)
+    rest.check_values_bound(body, exact)  # a body holding exactly the limit is never refused
+    if exact > 1 and b'"' not in body:  # without strings the bound is exact
+        with pytest.raises(ServingError, match=f"holds up to {exact} values, more than the {exact - 1} one"):
+            rest.check_values_bound(body, exact - 1)

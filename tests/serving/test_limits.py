@@ -261,12 +261,12 @@ def test_rest_body_limit_and_chunked_bodies(limited):
         assert _post(server.rest_address, b"", chunks=pieces) == (status, answer)
         too_big = body + b" "
         status, error = _post(server.rest_address, too_big)
-        assert status == 429 and f"{len(too_big)} bytes is larger than the limit of {len(body)}" in error["error"]
+        assert status == 413 and f"{len(too_big)} bytes is larger than the limit of {len(body)}" in error["error"]
         status, error = _post(server.rest_address, b"", chunks=[body, b" "])
-        assert status == 429 and "larger than the limit" in error["error"]
+        assert status == 413 and "larger than the limit" in error["error"]
         # A Content-Length claiming 2 GB is refused from the header alone.
         status, error = _post(server.rest_address, b"{}", headers={"Content-Length": str(2 << 30)})
-        assert status == 429 and f"{2 << 30} bytes" in error["error"]
+        assert status == 413 and f"{2 << 30} bytes" in error["error"]
         assert _raw_http(
             server.rest_port, b"POST /v1/models/fcn:predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
         ).startswith(b"HTTP/1.1 400")
@@ -333,20 +333,19 @@ def test_rest_past_its_bound_answers_429(limited, blocked_runs):
     body = json.dumps({"instances": random_images(1, 8, 8).tolist()}).encode()
     with ModelServer("fcn", path, port=0, rest_port=0, rest_threads=1, max_queued_requests=1) as server:
         results = []
-        first = threading.Thread(target=lambda: results.append(_post(server.rest_address, body)))
-        first.start()
+        running = threading.Thread(target=lambda: results.append(_post(server.rest_address, body)))
+        running.start()
         wait_until(lambda: entered, 30, "the first request to run")
-        waiting = socket.create_connection(("127.0.0.1", server.rest_port))  # takes the one queue place
-        try:
-            wait_until(lambda: server._rest._admitted == 2, 30, "the second connection to be queued")
-            status, error = _post(server.rest_address, body)
-            assert status == 429 and "too many REST requests" in error["error"]
-        finally:
-            waiting.close()
+        waiting = threading.Thread(target=lambda: results.append(_post(server.rest_address, body)))
+        waiting.start()  # takes the one queue place
+        wait_until(lambda: server._rest.admitted == 2, 30, "the second request to be queued")
+        status, error = _post(server.rest_address, body)
+        assert status == 429 and "too many REST requests" in error["error"]
         release.set()
-        first.join(30)
-        assert results[0][0] == 200
-        wait_until(lambda: server._rest._admitted == 0, 30, "the connections to close")
+        running.join(30)
+        waiting.join(30)
+        assert [status for status, _ in results] == [200, 200]
+        wait_until(lambda: server._rest.admitted == 0, 30, "the requests to be answered")
         assert _post(server.rest_address, body)[0] == 200
 
 

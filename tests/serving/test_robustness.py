@@ -14,7 +14,6 @@ import json
 import os
 import re
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -29,11 +28,9 @@ import tensorflow as tf
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from serving_testing import build_test_model, free_port, random_images, reference, wait_until
+from serving_testing import Server, build_test_model, random_images, reference, wait_until
 from tensorflow.core.framework import tensor_pb2, types_pb2
 from tensorflow_serving.apis import (
-    get_model_status_pb2,
-    model_service_pb2_grpc,
     predict_pb2,
     prediction_service_pb2_grpc,
 )
@@ -52,60 +49,6 @@ CORPUS = settings(
     max_examples=40,
     suppress_health_check=list(HealthCheck),
 )
-
-
-class Server:
-    """`keras-fcn serve` in a child process over `base_path`; restartable on the same ports."""
-
-    def __init__(self, base_path: str, log_path: str, *flags: str):
-        self.base_path, self.log_path, self.flags = base_path, log_path, flags
-        self.grpc_port, self.rest_port = free_port(), free_port()
-        self.process = None
-
-    @property
-    def grpc_address(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def start(self) -> Server:
-        command = [sys.executable, "-m", "keras_fcn.cli", "serve", "--model-base-path", self.base_path]
-        command += ["--model-name", "fcn", "--port", str(self.grpc_port), "--rest-port", str(self.rest_port)]
-        command += list(self.flags)
-        with open(self.log_path, "a") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        with grpc.insecure_channel(self.grpc_address) as channel:
-            wait_until(lambda: self.alive() and _available(channel), 180, "the server to serve")
-        # gRPC starts first; REST clients must not find its port closed either
-        wait_until(lambda: self.alive() and _listening(self.rest_port), 60, "the REST port to open")
-        return self
-
-    def alive(self) -> bool:
-        if self.process.poll() is not None:
-            with open(self.log_path) as log:
-                raise AssertionError(f"the server exited with {self.process.returncode}:\n{log.read()[-3000:]}")
-        return True
-
-    def stop(self) -> int:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            raise
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
-    except OSError:
-        return False
-    return True
-
-
-def _available(channel) -> bool:
-    request = get_model_status_pb2.GetModelStatusRequest()
-    request.model_spec.name = "fcn"
-    response = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(request, timeout=5)
-    return any(s.state == get_model_status_pb2.ModelVersionStatus.AVAILABLE for s in response.model_version_status)
 
 
 @pytest.fixture(scope="module")
@@ -263,12 +206,12 @@ def test_hostile_rest_bodies_are_refused(server, exported):
     def send(body):
         status, answer = _post(server.rest_port, body)
         seen.append(status)
-        assert status in (400, 429), (status, answer, body[:200])
+        assert status in (400, 413), (status, answer, body[:200])
         assert isinstance(answer.get("error"), str) and answer["error"]
 
     with Bystander(server.grpc_address, model):
         send()
-    assert len(seen) >= CORPUS.max_examples and 429 in seen  # the corpus reached the body limit too
+    assert len(seen) >= CORPUS.max_examples and 413 in seen  # the corpus reached the body limit too
     _assert_still_serving(server, model)
 
 

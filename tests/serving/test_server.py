@@ -8,6 +8,7 @@ import re
 import shutil
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -460,3 +461,61 @@ def test_a_tensor_claiming_a_huge_shape_is_refused(base):
         assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "request too large" in caught.value.details() and "[1, 100000, 100000, 3]" in caught.value.details()
         assert FCNClient(server.grpc_address, "fcn").status() == {1: "AVAILABLE"}
+
+
+def _half_plus_two_requests(kind: str):
+    """A Classify, Regress or MultiInference request of one tf.Example (x = 1) to half_plus_two."""
+    from tensorflow_serving.apis import classification_pb2, inference_pb2, regression_pb2
+
+    if kind == "multi_inference":
+        request = inference_pb2.MultiInferenceRequest()
+        task = request.tasks.add()
+        task.model_spec.name, task.model_spec.signature_name = "hp", "regress_x_to_y"
+        task.method_name = "tensorflow/serving/regress"
+    else:
+        kinds = {"classify": classification_pb2.ClassificationRequest, "regress": regression_pb2.RegressionRequest}
+        request = kinds[kind]()
+        request.model_spec.name = "hp"
+        request.model_spec.signature_name = f"{kind}_x_to_y"
+    request.input.example_list.examples.add().features.feature["x"].float_list.value.append(1.0)
+    return request
+
+
+@pytest.mark.parametrize("kind", ["classify", "regress", "multi_inference"])
+def test_classify_regress_and_multi_inference_keep_the_clients_deadline(tmp_path, kind):
+    """A call whose deadline passes while it waits for a batch is dropped by the server, not run later."""
+    from tensorflow_serving.apis import prediction_service_pb2_grpc
+    from upstream_models import half_plus_n_tf1
+
+    half_plus_n_tf1(str(tmp_path / "hp" / "1"))
+    # A lone request waits 1 s for a batch; its 0.3 s deadline passes first.
+    parameters = BatchingParameters(max_batch_size=8, batch_timeout_micros=1_000_000)
+    with ModelServer(
+        "hp", str(tmp_path / "hp"), port=0, rest_port=None, enable_batching=True, batching_parameters=parameters
+    ) as server:
+        with grpc.insecure_channel(server.grpc_address) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            call = {"classify": stub.Classify, "regress": stub.Regress, "multi_inference": stub.MultiInference}[kind]
+            with pytest.raises(grpc.RpcError) as caught:
+                call(_half_plus_two_requests(kind), timeout=0.3)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(1.5)  # past the batch timeout: a request kept without its deadline would have run by now
+            assert server.scheduler.examples_run == 0
+            call(_half_plus_two_requests(kind), timeout=30)  # with time to wait, it is answered
+            assert server.scheduler.examples_run == 1
+
+
+def test_a_tf1_session_is_closed_once_its_version_is_unloaded(tmp_path):
+    from upstream_models import half_plus_n_tf1
+
+    base = tmp_path / "hp"
+    half_plus_n_tf1(str(base / "1"), ref_variables=True)  # reference variables: only a TF1 session loads it
+    with ModelServer("hp", str(base), port=0, rest_port=None, poll_seconds=0.2) as server:
+        client = FCNClient(server.grpc_address, "hp")
+        session = server._manager.model("hp").resolve(None)._saved_model.session
+        assert session.run("a:0") == 0.5
+        half_plus_n_tf1(str(base / "2"), b=3.0, ref_variables=True)  # the latest policy unloads version 1
+        wait_until(lambda: client.status() == {1: "END", 2: "AVAILABLE"}, 60, "version 2 to replace 1")
+        client.close()
+        with pytest.raises(RuntimeError, match="closed Session"):
+            session.run("a:0")

@@ -220,7 +220,7 @@ def test_prometheus_endpoint_counts_requests_per_model_version_and_signature(tmp
     count = ":tensorflow:serving:request_count"
     assert moved(count, model_name="fcn", status="OK") == 3 + 1 + 2 + 1
     assert moved(count, model_name="fcn", status="INVALID_ARGUMENT") == 1
-    assert moved(count, model_name="nope", status="NOT_FOUND") == 1
+    assert moved(count, model_name="(other)", status="NOT_FOUND") == 1  # a model it does not have
     latency = ":tensorflow:serving:request_latency"
     assert moved(f"{latency}_count", model_name="fcn", API="Predict", entrypoint="GRPC") == 4  # successes only
     assert moved(f"{latency}_count", model_name="fcn", API="predict", entrypoint="REST") == 2
