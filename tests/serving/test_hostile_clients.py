@@ -27,6 +27,7 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
+import keras_fcn.serving
 from keras_fcn.export import export_saved_model
 
 TIMEOUT_MS = 3000  # --rest_api_timeout_in_ms: the read deadlines of headers and bodies too
@@ -272,3 +273,47 @@ def test_model_management_can_be_turned_off(exported, tmp_path):
         _assert_serves(served, model)
     finally:
         assert served.stop() == 0
+
+
+def test_the_pages_files_are_served_as_they_are_and_nothing_else(server):
+    """The page's static routes without a browser: each file byte for byte with its headers; any other
+    path, traversals included, is 404 without touching the file system."""
+    web = os.path.join(os.path.dirname(os.path.abspath(keras_fcn.serving.__file__)), "web")
+    for path, name, kind in (
+        ("/", "index.html", "text/html"),
+        ("/index.html", "index.html", "text/html"),
+        ("/app.js", "app.js", "text/javascript"),
+        ("/style.css", "style.css", "text/css"),
+        ("/app.js?v=2", "app.js", "text/javascript"),
+    ):
+        connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+        connection.request("GET", path)
+        reply = connection.getresponse()
+        with open(os.path.join(web, name), "rb") as f:
+            assert (reply.status, reply.read()) == (200, f.read()), path
+        assert reply.getheader("Content-Type").startswith(kind)
+        assert "default-src 'self'" in reply.getheader("Content-Security-Policy")
+        assert reply.getheader("X-Content-Type-Options") == "nosniff"
+        connection.close()
+    for path in (
+        "/../setup.py",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "/..%2fsetup.py",
+        "//etc/passwd",
+        "/web/index.html",
+        "/index.html/",
+        "/app.js/../index.html",
+        "/server.py",
+        "/%00",
+    ):
+        answer = _raw(server.rest_port, f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        assert answer.startswith(b"HTTP/1.1 404"), (path, answer[:200])
+        assert b"Not found: GET" in answer
+    # A CORS preflight to the API: 200 with an Origin, 400 without; elsewhere 404.
+    preflight = "OPTIONS /v1/models/fcn:predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+    with_origin = (preflight + "Origin: http://example.org\r\n\r\n").encode()
+    assert _raw(server.rest_port, with_origin).startswith(b"HTTP/1.1 200")
+    assert _raw(server.rest_port, (preflight + "\r\n").encode()).startswith(b"HTTP/1.1 400")
+    assert _raw(server.rest_port, b"OPTIONS /app.js HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").startswith(
+        b"HTTP/1.1 404"
+    )
