@@ -13,16 +13,12 @@ Example:
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf import message_factory
 
-_F = descriptor_pb2.FieldDescriptorProto
-_OPTIONAL, _REPEATED = _F.LABEL_OPTIONAL, _F.LABEL_REPEATED
-_TYPES = {
-    "string": _F.TYPE_STRING, "bool": _F.TYPE_BOOL, "float": _F.TYPE_FLOAT, "double": _F.TYPE_DOUBLE,
-    "int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64, "uint32": _F.TYPE_UINT32,
-}  # fmt: skip
+from keras_fcn.proto_schema import ProtoFile, build_pool
 
 # (message, [(field, number, type or ".caffe.Message"/"enum:.caffe.Enum", repeated, default or None)], enums)
+# (the tables of `keras_fcn.proto_schema`; the enums are nested in their message)
 _MESSAGES = [
     ("BlobShape", [("dim", 1, "int64", True, None)], {}),
     ("BlobProto", [
@@ -107,31 +103,18 @@ _MESSAGES = [
 _PACKED = {("BlobShape", "dim"), ("BlobProto", "data"), ("BlobProto", "diff"), ("BlobProto", "double_data")}
 
 
-def _file_descriptor() -> descriptor_pb2.FileDescriptorProto:
-    proto = descriptor_pb2.FileDescriptorProto(name="keras_fcn/caffe_minimal.proto", package="caffe", syntax="proto2")
-    for name, fields, enums in _MESSAGES:
-        message = proto.message_type.add(name=name)
-        for enum_name, values in enums.items():
-            enum = message.enum_type.add(name=enum_name)
-            for value_name, number in values:
-                enum.value.add(name=value_name, number=number)
-        for field_name, number, kind, repeated, default in fields:
-            field = message.field.add(name=field_name, number=number, label=_REPEATED if repeated else _OPTIONAL)
-            if kind.startswith("enum:"):
-                field.type, field.type_name = _F.TYPE_ENUM, kind[len("enum:"):]
-            elif kind.startswith("."):
-                field.type, field.type_name = _F.TYPE_MESSAGE, kind
-            else:
-                field.type = _TYPES[kind]
-            if default is not None:
-                field.default_value = default
-            if (name, field_name) in _PACKED:
-                field.options.packed = True
-    return proto
-
-
-_POOL = descriptor_pool.DescriptorPool()
-_POOL.Add(_file_descriptor())
+_POOL = build_pool(
+    [
+        ProtoFile(
+            "keras_fcn/caffe_minimal.proto",
+            "caffe",
+            {name: fields for name, fields, _ in _MESSAGES},
+            {f"{name}.{enum}": values for name, _, enums in _MESSAGES for enum, values in enums.items()},
+            syntax="proto2",
+            packed=_PACKED,
+        )
+    ]
+)
 
 
 def _message_class(name: str):

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
+from google.protobuf import text_format, wrappers_pb2
 from tensorflow_serving.config import model_server_config_pb2
+
+from keras_fcn.proto_schema import ProtoFile, message_classes
 
 
 def model_config(name: str, base_path: str) -> model_server_config_pb2.ModelConfig:
@@ -72,43 +74,27 @@ class BatchingParameters:
             raise ValueError(f"batching sizes and counts must be positive. Received: {self}")
 
 
-def _batching_parameters_class():
-    """TF Serving's `BatchingParameters` message (session_bundle_config.proto, its field numbers), built
-    with the protobuf runtime in a pool of its own: tensorflow-serving-api does not ship it."""
-    file = descriptor_pb2.FileDescriptorProto(
-        name="keras_fcn/serving/batching_parameters.proto",
-        package="tensorflow.serving",
-        syntax="proto3",
-        dependency=["google/protobuf/wrappers.proto"],
-    )
-    message = file.message_type.add(name="BatchingParameters")
-    field = descriptor_pb2.FieldDescriptorProto
-    optional, repeated, wrapped = field.LABEL_OPTIONAL, field.LABEL_REPEATED, field.TYPE_MESSAGE
-    for number, (name, wrapper) in enumerate(
-        [
-            ("max_batch_size", "Int64Value"),
-            ("batch_timeout_micros", "Int64Value"),
-            ("max_enqueued_batches", "Int64Value"),
-            ("num_batch_threads", "Int64Value"),
-            ("thread_pool_name", "StringValue"),
-        ],
-        start=1,
-    ):
-        message.field.add(name=name, number=number, label=optional, type=wrapped,
-                          type_name=f".google.protobuf.{wrapper}")
-    message.field.add(name="allowed_batch_sizes", number=6, label=repeated,
-                      type=field.TYPE_INT64)
-    message.field.add(name="pad_variable_length_inputs", number=7, label=optional,
-                      type=field.TYPE_BOOL)
-    pool = descriptor_pool.DescriptorPool()
-    wrappers = descriptor_pb2.FileDescriptorProto()
-    wrappers_pb2.DESCRIPTOR.CopyToProto(wrappers)
-    pool.Add(wrappers)
-    pool.Add(file)
-    return message_factory.GetMessageClass(pool.FindMessageTypeByName("tensorflow.serving.BatchingParameters"))
-
-
-_BatchingParametersProto = _batching_parameters_class()
+# TF Serving's `BatchingParameters` message (session_bundle_config.proto, its field numbers), built with
+# `keras_fcn.proto_schema` in a pool of its own: tensorflow-serving-api does not ship it.
+_BATCHING_PARAMETERS = ProtoFile(
+    "keras_fcn/serving/batching_parameters.proto",
+    "tensorflow.serving",
+    {
+        "BatchingParameters": [
+            ("max_batch_size", 1, ".google.protobuf.Int64Value", False, None),
+            ("batch_timeout_micros", 2, ".google.protobuf.Int64Value", False, None),
+            ("max_enqueued_batches", 3, ".google.protobuf.Int64Value", False, None),
+            ("num_batch_threads", 4, ".google.protobuf.Int64Value", False, None),
+            ("thread_pool_name", 5, ".google.protobuf.StringValue", False, None),
+            ("allowed_batch_sizes", 6, "int64", True, None),
+            ("pad_variable_length_inputs", 7, "bool", False, None),
+        ]
+    },
+    dependencies=["google/protobuf/wrappers.proto"],
+)
+_BatchingParametersProto = message_classes(
+    [_BATCHING_PARAMETERS], "tensorflow.serving", ["BatchingParameters"], well_known=(wrappers_pb2,)
+)["BatchingParameters"]
 
 
 def parse_batching_parameters(text: str) -> BatchingParameters:

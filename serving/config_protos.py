@@ -9,27 +9,22 @@ parse the same way (and unknown fields are refused) under both servers.
 
 from __future__ import annotations
 
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
+from google.protobuf import text_format
 
-_STRING, _BOOL, _MESSAGE = (
-    descriptor_pb2.FieldDescriptorProto.TYPE_STRING,
-    descriptor_pb2.FieldDescriptorProto.TYPE_BOOL,
-    descriptor_pb2.FieldDescriptorProto.TYPE_MESSAGE,
-)
-_OPTIONAL = descriptor_pb2.FieldDescriptorProto.LABEL_OPTIONAL
+from keras_fcn.proto_schema import ProtoFile, message_classes
 
-# message name -> [(field name, number, type, message type name)], as in the upstream .proto files
+# message name -> the fields of the upstream .proto files, as `keras_fcn.proto_schema` tables
 _SCHEMAS = {
     "monitoring_config": {
-        "PrometheusConfig": [("enable", 1, _BOOL, None), ("path", 2, _STRING, None)],
-        "MonitoringConfig": [("prometheus_config", 1, _MESSAGE, ".tensorflow.serving.PrometheusConfig")],
+        "PrometheusConfig": [("enable", 1, "bool", False, None), ("path", 2, "string", False, None)],
+        "MonitoringConfig": [("prometheus_config", 1, ".tensorflow.serving.PrometheusConfig", False, None)],
     },
     "ssl_config": {
         "SSLConfig": [
-            ("server_key", 1, _STRING, None),
-            ("server_cert", 2, _STRING, None),
-            ("custom_ca", 3, _STRING, None),
-            ("client_verify", 4, _BOOL, None),
+            ("server_key", 1, "string", False, None),
+            ("server_cert", 2, "string", False, None),
+            ("custom_ca", 3, "string", False, None),
+            ("client_verify", 4, "bool", False, None),
         ],
     },
 }
@@ -43,19 +38,8 @@ def _message_classes(module: str) -> dict:
     except ImportError:
         pass
     # A private pool: nothing clashes with a module that registers the same names later.
-    pool = descriptor_pool.DescriptorPool()
-    file = descriptor_pb2.FileDescriptorProto(
-        name=f"tensorflow_serving/config/{module}.proto", package="tensorflow.serving", syntax="proto3"
-    )
-    for message_name, fields in _SCHEMAS[module].items():
-        message = file.message_type.add(name=message_name)
-        for name, number, kind, type_name in fields:
-            message.field.add(name=name, number=number, type=kind, label=_OPTIONAL, type_name=type_name)
-    pool.Add(file)
-    return {
-        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
-        for name in _SCHEMAS[module]
-    }
+    file = ProtoFile(f"tensorflow_serving/config/{module}.proto", "tensorflow.serving", _SCHEMAS[module])
+    return message_classes([file], "tensorflow.serving", _SCHEMAS[module])
 
 
 MonitoringConfig = _message_classes("monitoring_config")["MonitoringConfig"]

@@ -28,14 +28,9 @@ Example:
 
 from __future__ import annotations
 
-from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory, wrappers_pb2
+from google.protobuf import any_pb2, message_factory, wrappers_pb2
 
-_F = descriptor_pb2.FieldDescriptorProto
-_SCALARS = {
-    "int32": _F.TYPE_INT32, "int64": _F.TYPE_INT64, "uint32": _F.TYPE_UINT32, "uint64": _F.TYPE_UINT64,
-    "float": _F.TYPE_FLOAT, "double": _F.TYPE_DOUBLE, "bool": _F.TYPE_BOOL, "string": _F.TYPE_STRING,
-    "bytes": _F.TYPE_BYTES,
-}  # fmt: skip
+from keras_fcn.proto_schema import ProtoFile, build_pool
 
 # tensorflow/core/framework/types.proto, the values with a numpy dtype (and DT_INVALID, proto3's default).
 _DATA_TYPES = [
@@ -149,61 +144,12 @@ _FILES = {
 }  # fmt: skip
 
 
-def _add_field(message: descriptor_pb2.DescriptorProto, package: str, spec: tuple) -> None:
-    name, number, kind, repeated, oneof = spec
-    label = _F.LABEL_REPEATED if repeated else _F.LABEL_OPTIONAL
-    field = message.field.add(name=name, number=number, label=label)
-    if kind.startswith("map:"):  # a nested `<Name>Entry {key = 1; value = 2}` message marked map_entry
-        entry = message.nested_type.add(name="".join(part.title() for part in name.split("_")) + "Entry")
-        entry.options.map_entry = True
-        entry.field.add(name="key", number=1, label=_F.LABEL_OPTIONAL, type=_F.TYPE_STRING)
-        entry.field.add(name="value", number=2, label=_F.LABEL_OPTIONAL, type=_F.TYPE_MESSAGE, type_name=kind[4:])
-        field.type, field.type_name = _F.TYPE_MESSAGE, f".{package}.{message.name}.{entry.name}"
-    elif kind.startswith("enum:"):
-        field.type, field.type_name = _F.TYPE_ENUM, kind[5:]
-    elif kind.startswith("."):
-        field.type, field.type_name = _F.TYPE_MESSAGE, kind
-    else:
-        field.type = _SCALARS[kind]
-        if repeated and kind not in ("string", "bytes"):
-            field.options.packed = True
-    if oneof:
-        names = [decl.name for decl in message.oneof_decl]
-        if oneof not in names:
-            message.oneof_decl.add(name=oneof)
-            names.append(oneof)
-        field.oneof_index = names.index(oneof)
-
-
-def _build_pool() -> descriptor_pool.DescriptorPool:
-    # A pool of our own: TensorFlow registers `tensorflow.TensorProto` in the default pool.
-    pool = descriptor_pool.DescriptorPool()
-    # google.protobuf.Int64Value, for ModelSpec.version; google.protobuf.Any, for GetModelMetadataResponse
-    for well_known in (wrappers_pb2, any_pb2):
-        file = descriptor_pb2.FileDescriptorProto()
-        well_known.DESCRIPTOR.CopyToProto(file)
-        pool.Add(file)
-    for file_name, (package, dependencies, messages, enums) in _FILES.items():
-        file = descriptor_pb2.FileDescriptorProto(
-            name=file_name, package=package, syntax="proto3", dependency=dependencies
-        )
-        protos = {}
-        for path, fields in messages.items():
-            parent, _, name = path.rpartition(".")
-            container = protos[parent].nested_type if parent else file.message_type
-            protos[path] = container.add(name=name)
-            for spec in fields:
-                _add_field(protos[path], package, spec)
-        for path, values in enums.items():
-            parent, _, name = path.rpartition(".")
-            enum = (protos[parent].enum_type if parent else file.enum_type).add(name=name)
-            for value_name, number in values:
-                enum.value.add(name=value_name, number=number)
-        pool.Add(file)
-    return pool
-
-
-_POOL = _build_pool()
+# A pool of our own: TensorFlow registers `tensorflow.TensorProto` in the default pool. google.protobuf's
+# Int64Value is ModelSpec.version's type, Any GetModelMetadataResponse's.
+_POOL = build_pool(
+    [ProtoFile(name, package, messages, enums, deps) for name, (package, deps, messages, enums) in _FILES.items()],
+    well_known=(wrappers_pb2, any_pb2),
+)  # fmt: skip
 
 
 def _message_class(full_name: str):
