@@ -24,6 +24,7 @@ import grpc
 import numpy as np
 
 from .images import decode_class_map, decode_image, encode_png
+from .tensor_codec import make_ndarray, make_tensor_proto
 from .wire import (
     GET_MODEL_METADATA_METHOD,
     GET_MODEL_STATUS_METHOD,
@@ -37,7 +38,6 @@ from .wire import (
     PredictResponse,
     SignatureDefMap,
 )
-from .wire_tensors import make_ndarray, make_tensor_proto
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 

@@ -116,9 +116,9 @@ class RestFront:
     @property
     def connections(self) -> int:
         """Open connections."""
-        return len(self._http._connections) if self._http is not None else 0
+        return self._http.open_connections if self._http is not None else 0
 
-    def _enter(self) -> bool:
+    def enter(self) -> bool:
         """Counts a request in flight, unless the drain has begun: one lock, so `drain` misses none."""
         with self._lock:
             if self.draining:
@@ -127,30 +127,30 @@ class RestFront:
             self._in_flight += 1
             return True
 
-    def _leave(self) -> None:
+    def leave(self) -> None:
         with self._lock:
             self._in_flight -= 1
             self._lock.notify_all()
 
-    def _reserve(self, size: int) -> bool:
+    def reserve(self, size: int) -> bool:
         with self._lock:
             if self._buffered + size > self.max_buffered_bytes:
                 return False
             self._buffered += size
             return True
 
-    def _release(self, size: int) -> None:
+    def release(self, size: int) -> None:
         with self._lock:
             self._buffered -= size
 
-    def _admit(self) -> bool:
+    def admit(self) -> bool:
         with self._lock:
             if self._admitted >= self._capacity:
                 return False
             self._admitted += 1
             return True
 
-    def _done(self) -> None:
+    def done(self) -> None:
         with self._lock:
             self._admitted -= 1
 
@@ -228,13 +228,19 @@ class _LimitedHTTPServer(tornado.httpserver.HTTPServer):
     def initialize(self, application, max_connections: int, **kwargs):
         super().initialize(application, **kwargs)
         self.max_connections = max_connections
+        self.open_connections = 0  # counted here: Tornado's own set is private
 
     def handle_stream(self, stream, address) -> None:
-        if len(self._connections) >= self.max_connections:
+        if self.open_connections >= self.max_connections:
             message = f"too many open connections (--rest_api_max_connections={self.max_connections})"
             stream.write(_refusal(503, message)).add_done_callback(lambda _: stream.close())
             return
+        self.open_connections += 1
         super().handle_stream(stream, address)
+
+    def on_close(self, server_conn) -> None:
+        self.open_connections -= 1
+        super().on_close(server_conn)
 
 
 def _refusal(code: int, message: str) -> bytes:
@@ -276,7 +282,7 @@ class _Handler(tornado.web.RequestHandler):
     def prepare(self) -> None:
         self._started = time.perf_counter()
         self._deadline = time.monotonic() + self.front.timeout_ms / 1000
-        if not self.front._enter():
+        if not self.front.enter():
             self._refuse(503, "the server is shutting down", close=True)
             return
         self._counted = True
@@ -294,7 +300,7 @@ class _Handler(tornado.web.RequestHandler):
         if length > limit:
             self._refuse(413, rest.too_large(length, limit), close=True)
             return
-        if not self.front._reserve(length):
+        if not self.front.reserve(length):
             self._refuse(503, "the server holds too many request bodies being received; retry later", close=True)
             return
         self._reserved = length
@@ -308,7 +314,7 @@ class _Handler(tornado.web.RequestHandler):
             if end > self.front.max_body_bytes:
                 self._refuse(413, rest.too_large(end, self.front.max_body_bytes, "at least "), close=True)
                 return
-            if not self.front._reserve(len(chunk)):
+            if not self.front.reserve(len(chunk)):
                 self._refuse(503, "the server holds too many request bodies being received; retry later", close=True)
                 return
             self._reserved += len(chunk)
@@ -329,7 +335,7 @@ class _Handler(tornado.web.RequestHandler):
             self.set_header("Content-Type", monitoring.CONTENT_TYPE)
             self.finish(front.metrics.exposition(front.states()).encode("utf-8"))
             return
-        if not front._admit():
+        if not front.admit():
             reply = rest.Reply(status=grpc.StatusCode.RESOURCE_EXHAUSTED)
             reply.json(429, {"error": "too many REST requests at once; retry later"})
         else:
@@ -346,7 +352,7 @@ class _Handler(tornado.web.RequestHandler):
                     front.max_elements,
                 )
             finally:
-                front._done()
+                front.done()
         self._free_body()
         front.record(self, reply, self._started)
         self.set_status(reply.code)
@@ -360,7 +366,7 @@ class _Handler(tornado.web.RequestHandler):
     def _free_body(self) -> None:
         self._body = None
         if self._reserved:
-            self.front._release(self._reserved)
+            self.front.release(self._reserved)
             self._reserved = 0
 
     async def get(self, *args):
@@ -386,6 +392,6 @@ class _Handler(tornado.web.RequestHandler):
         self._free_body()
         if self._counted:
             self._counted = False
-            self.front._leave()
+            self.front.leave()
 
 

@@ -11,7 +11,7 @@ import grpc
 import tensorflow as tf
 
 from .errors import ServingError
-from .tensors import data_type_string, from_tensor_proto
+from .tensor_codec import data_type_string, request_array
 
 
 def _join(names) -> str:
@@ -44,7 +44,7 @@ def check_inputs(signature_def, inputs: dict) -> dict:
         if alias in inputs:
             feed[alias] = inputs[alias]
         elif alias in defaults:
-            feed[alias] = from_tensor_proto(alias, defaults[alias])
+            feed[alias] = request_array(alias, defaults[alias])
         else:
             raise ServingError(
                 grpc.StatusCode.INVALID_ARGUMENT,

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from .errors import ServingError, invalid_argument
 from .examples import decode_b64, input_from_json, is_b64, json_type
-from .tensors import data_type_string
+from .tensor_codec import data_type_string
 
 MAX_DEBUG_CHARS = 256  # TF Serving cuts the JSON it quotes in errors here
 

@@ -13,7 +13,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from .errors import ServingError, clean_tf_message
 from .inputs import check_inputs, check_output_filter
-from .tensors import MAX_REQUEST_ELEMENTS, check_request_size, from_tensor_proto, to_tensor_proto
+from .tensor_codec import MAX_REQUEST_ELEMENTS, check_request_size, make_tensor_proto, request_array
 from .versions import LoadedVersion
 
 _GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
@@ -68,7 +68,7 @@ def predict(
     The shapes the request declares are checked against `max_elements` before any array is built.
     """
     check_request_size(request.inputs, max_elements)
-    inputs = {alias: from_tensor_proto(alias, proto) for alias, proto in request.inputs.items()}
+    inputs = {alias: request_array(alias, proto) for alias, proto in request.inputs.items()}
     signature_name, output_filter = request.model_spec.signature_name, request.output_filter
     name, outputs = predict_arrays(version, signature_name, inputs, output_filter, run, method_name_check)
     response = predict_pb2.PredictResponse()
@@ -76,5 +76,5 @@ def predict(
     response.model_spec.version.value = version.version
     response.model_spec.signature_name = name
     for alias, value in outputs.items():
-        response.outputs[alias].CopyFrom(to_tensor_proto(value))
+        make_tensor_proto(value, response.outputs[alias], typed=True)  # TF Serving's typed fields
     return response

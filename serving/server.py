@@ -47,7 +47,7 @@ from .grpc_options import MAX_MESSAGE_BYTES, server_options  # noqa: F401 - the 
 from .http_front import DEFAULT_MAX_CONNECTIONS, RestFront
 from .manager import ModelManager
 from .rest import DEFAULT_MAX_QUEUED, DEFAULT_THREADS, DEFAULT_TIMEOUT_MS, MAX_BODY_BYTES
-from .tensors import MAX_REQUEST_ELEMENTS
+from .tensor_codec import MAX_REQUEST_ELEMENTS
 from .versions import LoadedVersion
 
 

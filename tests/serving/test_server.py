@@ -18,13 +18,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 from serving_testing import build_test_model, random_images, reference, wait_until
+from tensorflow.core.framework import tensor_pb2
 
 from keras_fcn.cli import main
 from keras_fcn.export import export_saved_model
 from keras_fcn.serving import FCNClient, ModelServer, roundtrip_check
 from keras_fcn.serving.config import BatchingParameters, parse_batching_parameters, read_model_config_file
 from keras_fcn.serving.errors import MAX_ERROR_CHARS, ServingError
-from keras_fcn.serving.tensors import to_tensor_proto
+from keras_fcn.serving.tensor_codec import make_tensor_proto
 from keras_fcn.visualize import class_map_png, voc_palette
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -94,7 +95,7 @@ def test_models_config_of_the_repository():
     ids=["float32", "int32", "small-int32", "bytes", "float64", "int64"],
 )
 def test_tensor_proto_uses_typed_fields_and_round_trips(array):
-    proto = to_tensor_proto(array)
+    proto = make_tensor_proto(array, tensor_pb2.TensorProto(), typed=True)
     assert not proto.tensor_content  # typed *_val fields, as TF Serving answers
     back = tf.make_ndarray(proto)
     assert back.dtype == array.dtype and back.shape == array.shape

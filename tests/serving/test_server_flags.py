@@ -24,7 +24,7 @@ from keras_fcn.cli import main
 from keras_fcn.export import export_saved_model
 from keras_fcn.serving import FCNClient, ModelServer, tls_credentials
 from keras_fcn.serving.grpc_options import parse_grpc_channel_arguments
-from keras_fcn.serving.tensors import to_tensor_proto
+from keras_fcn.serving.tensor_codec import make_tensor_proto
 
 TIMEOUT = 20  # seconds any one call may take
 
@@ -41,7 +41,7 @@ def base(tmp_path_factory):
 def _predict_request(images: np.ndarray, name: str = "fcn") -> predict_pb2.PredictRequest:
     request = predict_pb2.PredictRequest()
     request.model_spec.name = name
-    request.inputs["images"].CopyFrom(to_tensor_proto(images))
+    make_tensor_proto(images, request.inputs["images"], typed=True)
     request.output_filter.append("probabilities")
     return request
 

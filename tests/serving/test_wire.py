@@ -1,7 +1,8 @@
-"""The client's own messages (`serving/wire.py`) and numpy codec (`serving/wire_tensors.py`) against the
-official ones: TensorFlow's and tensorflow-serving-api's descriptors, `tf.make_tensor_proto` and
-`tf.make_ndarray`, the official stubs' GetModelStatus and GetModelMetadata answers; and `keras-fcn
-query`, `FCNClient.status()` and `metadata()` run without TensorFlow against the server under test.
+"""The client's own messages (`serving/wire.py`) and the numpy codec client and server share
+(`serving/tensor_codec.py`) against the official ones: TensorFlow's and tensorflow-serving-api's
+descriptors, `tf.make_tensor_proto` and `tf.make_ndarray`, the official stubs' GetModelStatus and
+GetModelMetadata answers; and `keras-fcn query`, `FCNClient.status()` and `metadata()` run without
+TensorFlow against the server under test.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from tensorflow_serving.apis import (
 )
 
 from keras_fcn.serving import FCNClient, wire
-from keras_fcn.serving.wire_tensors import make_ndarray, make_tensor_proto
+from keras_fcn.serving.errors import ServingError
+from keras_fcn.serving.tensor_codec import make_ndarray, make_tensor_proto, request_array
 from keras_fcn.tiling import predict_tiled
 
 HEAVY = ("tensorflow", "keras", "tensorflow_serving")
@@ -243,12 +245,10 @@ def test_official_responses_decode_as_tf_make_ndarray_decodes_them(tensor):
 
 
 def test_the_server_answers_decode_to_its_arrays():
-    from keras_fcn.serving.tensors import to_tensor_proto  # the local server's encoder (TF Serving's form)
-
-    for name, array in ARRAYS.items():
-        if name in ("complex64", "complex128", "string"):
-            continue  # the server never answers these with its packed writer
-        ours = wire.TensorProto.FromString(to_tensor_proto(array).SerializeToString())
+    for name, array in ARRAYS.items():  # the server writes TF Serving's typed fields into TensorFlow's message
+        official = make_tensor_proto(array, tensor_pb2.TensorProto(), typed=True)
+        np.testing.assert_array_equal(tf.make_ndarray(official), array, err_msg=name)
+        ours = wire.TensorProto.FromString(official.SerializeToString())
         np.testing.assert_array_equal(make_ndarray(ours), array, err_msg=name)
 
 
@@ -271,8 +271,8 @@ def _float_tensor(**fields) -> bytes:
         (_float_tensor(shape=-1), r"cannot be negative. Received: shape=\[-1\]"),
         (tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING, tensor_content=b"ab").SerializeToString(),
          "string tensors are read from string_val. Received: 2 bytes of tensor_content"),
-        (tensor_pb2.TensorProto(dtype=types_pb2.DT_BFLOAT16, half_val=[1]).SerializeToString(),
-         "no numpy dtype for this tensor's DataType here. Received: dtype=14"),
+        (tensor_pb2.TensorProto(dtype=types_pb2.DT_QINT8, int_val=[1]).SerializeToString(),
+         "no numpy dtype for this tensor's DataType here. Received: dtype=11"),
         (tensor_pb2.TensorProto(dtype=types_pb2.DT_COMPLEX64, scomplex_val=[1, 2, 3]).SerializeToString(),
          r"\(real, imaginary\) pairs. Received: 3 numbers"),
     ],
@@ -440,3 +440,39 @@ def test_query_segments_against_the_server_without_loading_tensorflow(target, tm
     sure = confident(blended)
     assert sure.mean() > 0.9
     np.testing.assert_array_equal(tiled_ids[sure], blended.argmax(-1)[sure])
+
+
+def test_strict_reading_follows_tf_servings_rules_for_request_tensors():
+    def floats(shape, values) -> tensor_pb2.TensorProto:
+        proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT, float_val=values)
+        proto.tensor_shape.CopyFrom(tf.TensorShape(shape).as_proto())
+        return proto
+
+    # TensorFlow's reading repeats the last value; TF Serving refuses a request that does not fill its shape.
+    np.testing.assert_array_equal(make_ndarray(floats([3], [1, 2])), tf.make_ndarray(floats([3], [1, 2])))
+    np.testing.assert_array_equal(make_ndarray(floats([2], [])), np.zeros(2, np.float32))
+    for shape, values in (([3], [1, 2]), ([2], [])):
+        with pytest.raises(ValueError, match="do not fill the shape"):
+            make_ndarray(floats(shape, values), strict=True)
+    # exactly one value per element, or a single one for all; an empty shape with no values
+    for shape, values in (([2, 2], [1, 2, 3, 4]), ([2, 2], [7]), ([0, 3], [])):
+        got = make_ndarray(floats(shape, values), strict=True)
+        np.testing.assert_array_equal(got, tf.make_ndarray(floats(shape, values)))
+    with pytest.raises(ServingError, match="tensor parsing error: images"):
+        request_array("images", floats([3], [1, 2]))
+
+
+def test_bfloat16_reads_and_writes_as_tensorflow_does():
+    array = np.array([[1.5, -2.0, 3.25]], dtype=tf.bfloat16.as_numpy_dtype)
+    for official in (tf.make_tensor_proto(array), _typed_bfloat16(array)):
+        np.testing.assert_array_equal(make_ndarray(official), array)
+    ours = make_tensor_proto(array, tensor_pb2.TensorProto(), typed=True)
+    assert ours.dtype == types_pb2.DT_BFLOAT16 and not ours.tensor_content
+    np.testing.assert_array_equal(tf.make_ndarray(ours), array)
+    np.testing.assert_array_equal(tf.make_ndarray(make_tensor_proto(array, tensor_pb2.TensorProto())), array)
+
+
+def _typed_bfloat16(array) -> tensor_pb2.TensorProto:
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_BFLOAT16, half_val=array.ravel().view(np.uint16).tolist())
+    proto.tensor_shape.CopyFrom(tf.TensorShape(array.shape).as_proto())
+    return proto
