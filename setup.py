@@ -14,7 +14,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # serving/ stays a top-level folder (deployment files beside the code) yet imports as keras_fcn.serving.
-    packages=find_packages(include=["keras_fcn", "keras_fcn.*"]) + ["keras_fcn.serving"],
+    packages=find_packages(include=["keras_fcn", "keras_fcn.*"])
+    + ["keras_fcn.serving"]
+    + [f"keras_fcn.serving.{folder}" for folder in find_packages("serving")],
     package_dir={"keras_fcn.serving": "serving"},
     # The TF Serving deployment files travel with the serving package.
     package_data={

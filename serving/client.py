@@ -23,9 +23,8 @@ from collections.abc import Sequence
 import grpc
 import numpy as np
 
-from .images import decode_class_map, decode_image, encode_png
-from .tensor_codec import make_ndarray, make_tensor_proto
-from .wire import (
+from .wire.images import decode_class_map, decode_image, encode_png
+from .wire.messages import (
     GET_MODEL_METADATA_METHOD,
     GET_MODEL_STATUS_METHOD,
     MODEL_VERSION_STATES,
@@ -38,6 +37,7 @@ from .wire import (
     PredictResponse,
     SignatureDefMap,
 )
+from .wire.tensor_codec import make_ndarray, make_tensor_proto
 
 DEFAULT_MAX_MESSAGE_BYTES = 1 << 30
 

@@ -33,7 +33,7 @@ from collections import defaultdict
 
 import grpc
 
-from .config_protos import MonitoringConfig, read_text_proto
+from .models.config_protos import MonitoringConfig, read_text_proto
 
 FLAG = "--monitoring_config_file"
 DEFAULT_PROMETHEUS_PATH = "/monitoring/prometheus/metrics"  # TF Serving's PrometheusExporter::kPrometheusPath

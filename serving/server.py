@@ -15,297 +15,32 @@ Example:
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from concurrent import futures
 
 import grpc
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    model_management_pb2,
-    model_service_pb2_grpc,
-    prediction_service_pb2_grpc,
-)
-from tensorflow_serving.apis import model_pb2 as _model_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc, prediction_service_pb2_grpc
 
-from . import classify as classify_lib
-from . import monitoring, tls
-from . import multi_inference as multi_inference_lib
-from . import predict as predict_lib
-from . import regress as regress_lib
-from .batching import BatchScheduler
-from .config import (
+from . import monitoring
+from .api import predict as predict_lib
+from .api.rest import DEFAULT_MAX_QUEUED, DEFAULT_THREADS, DEFAULT_TIMEOUT_MS, MAX_BODY_BYTES
+from .api.service import ServingService
+from .errors import log
+from .models.batching import BatchScheduler
+from .models.config import (
     BatchingParameters,
     model_config,
     parse_batching_parameters,
     read_model_config_file,
 )
-from .config_watch import ConfigFileWatcher
-from .errors import MAX_ERROR_CHARS, ServingError, check_deadline, invalid_argument, log
-from .grpc_options import MAX_MESSAGE_BYTES, server_options  # noqa: F401 - the limit stays importable here
-from .http_front import DEFAULT_MAX_CONNECTIONS, RestFront
-from .manager import ModelManager
-from .rest import DEFAULT_MAX_QUEUED, DEFAULT_THREADS, DEFAULT_TIMEOUT_MS, MAX_BODY_BYTES
-from .tensor_codec import MAX_REQUEST_ELEMENTS
-from .versions import LoadedVersion
-
-
-def _spec(request, field: str = "model_spec"):
-    """The request's ModelSpec; INVALID_ARGUMENT `Missing ModelSpec` when it has none (TF Serving's check)."""
-    if not request.HasField(field):
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, "Missing ModelSpec")
-    return getattr(request, field)
-
-
-class ServingService:
-    """The requests both front ends answer, on a `ModelManager` (and a batch scheduler if enabled)."""
-
-    def __init__(
-        self,
-        manager: ModelManager,
-        scheduler: BatchScheduler | None = None,
-        method_name_check: bool = False,
-        max_request_elements: int = MAX_REQUEST_ELEMENTS,
-    ):
-        self.manager = manager
-        self.scheduler = scheduler
-        self.method_name_check = method_name_check  # TF Serving's --enable_signature_method_name_check
-        self.max_request_elements = max_request_elements
-        self.model_management = True  # HandleReloadConfigRequest answered (else UNIMPLEMENTED)
-
-    def run(self, function, inputs: dict, deadline: float | None = None) -> dict:
-        """Calls a signature, batched if enabled; not at all once its sender's deadline has passed."""
-        if self.scheduler:
-            return self.scheduler.run(function, inputs, deadline)
-        check_deadline(deadline)
-        return predict_lib.run_signature(function, inputs)
-
-    def resolve(self, name: str, version: int | None = None, label: str = "") -> LoadedVersion:
-        return self.manager.model(name, version).resolve(version, label)
-
-    def predict(self, request, deadline: float | None = None):
-        version = self.manager.resolve(_spec(request))
-        run = lambda function, inputs: self.run(function, inputs, deadline)  # noqa: E731
-        return predict_lib.predict(version, request, run, self.method_name_check, self.max_request_elements)
-
-    def runner(self, deadline: float | None):
-        """`run(function, inputs)` that keeps the request's deadline (in the batch queue and after the run)."""
-        return lambda function, inputs: self.run(function, inputs, deadline)
-
-    def classify(self, request, deadline: float | None = None):
-        version = self.manager.resolve(_spec(request))
-        return classify_lib.classify(version, request, self.runner(deadline), self.method_name_check)
-
-    def regress(self, request, deadline: float | None = None):
-        version = self.manager.resolve(_spec(request))
-        return regress_lib.regress(version, request, self.runner(deadline), self.method_name_check)
-
-    def multi_inference(self, request, deadline: float | None = None):
-        # TF Serving resolves the first task's model, then checks the tasks against it.
-        spec = request.tasks[0].model_spec if request.tasks else _model_pb2.ModelSpec()
-        version = self.manager.resolve(spec)
-        return multi_inference_lib.multi_inference(version, request, self.runner(deadline), self.method_name_check)
-
-    def predict_arrays(
-        self, version: LoadedVersion, signature_name: str, inputs: dict, output_filter=(), deadline=None
-    ):
-        run = lambda function, inputs: self.run(function, inputs, deadline)  # noqa: E731
-        return predict_lib.predict_arrays(
-            version, signature_name, inputs, output_filter, run, self.method_name_check
-        )
-
-    def metadata(self, request) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        """`GetModelMetadata`: only the `signature_def` field exists, as in TF Serving."""
-        spec = _spec(request)
-        fields = list(request.metadata_field)
-        if not fields:
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "GetModelMetadataRequest must specify at least one metadata_field",
-            )
-        for field in fields:
-            if field != "signature_def":
-                raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, f"Metadata field {field} is not supported")
-        return self._metadata(self.manager.resolve(spec))
-
-    def metadata_for(self, name: str, version: int | None = None, label: str = ""):
-        return self._metadata(self.resolve(name, version, label))
-
-    @staticmethod
-    def _metadata(version: LoadedVersion) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        for name, signature_def in version.signature_defs.items():
-            signatures.signature_def[name].CopyFrom(signature_def)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = version.model_name
-        response.model_spec.version.value = version.version
-        response.metadata["signature_def"].Pack(signatures)
-        return response
-
-    def status(self, request):
-        return self.manager.status(_spec(request))
-
-    def status_for(self, name: str, version: int | None = None, label: str = ""):
-        if label:  # a label names one version: report that one
-            version = self.resolve(name, None, label).version
-        spec = _model_pb2.ModelSpec(name=name)
-        if version is not None:
-            spec.version.value = version
-        return self.manager.status(spec)
-
-    def reload(self, request):
-        configs = list(request.config.model_config_list.config)
-        _check_reload_configs(configs)
-        self.manager.reload(configs)
-        return model_management_pb2.ReloadConfigResponse()
-
-
-def _check_reload_configs(configs) -> None:
-    """TF Serving's checks of a `ReloadConfigRequest`'s model list, as INVALID_ARGUMENT with its words.
-
-    Raises:
-        ServingError: INVALID_ARGUMENT for an empty list, a model without a name, a name listed twice,
-            or a base path that is not absolute (TF Serving has no root folder to resolve it against).
-    """
-    if not configs:
-        raise invalid_argument("ReloadConfigRequest must list at least one model in model_config_list")
-    names = set()
-    for config in configs:
-        if not config.name:
-            raise invalid_argument(f"ReloadConfigRequest lists a model without a name; base_path()={config.base_path}")
-        if config.name in names:
-            raise invalid_argument(f"Illegal to list model {config.name} multiple times in config list")
-        names.add(config.name)
-        if not os.path.isabs(config.base_path) and "://" not in config.base_path:
-            raise invalid_argument(
-                f"Expected model {config.name} to have an absolute path or URI; got base_path()={config.base_path}"
-            )
-
-
-def _deadline(context) -> float | None:
-    """The client's gRPC deadline as a `time.monotonic()` time; None without one."""
-    remaining = context.time_remaining()
-    return None if remaining is None or remaining > 1e8 else time.monotonic() + remaining
-
-
-def _answer(context, handler, request):
-    """Runs a handler; a ServingError becomes its gRPC status, anything else INTERNAL (server stays up)."""
-    try:
-        return handler(request)
-    except ServingError as error:
-        context.abort(error.code, error.message)
-    except Exception as error:
-        log.exception("gRPC request failed")
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(error).__name__}: {error}"[: MAX_ERROR_CHARS])
-
-
-class _Malformed:
-    """A request message that did not parse; answered INVALID_ARGUMENT instead of gRPC's INTERNAL."""
-
-    def __init__(self, error: Exception):
-        self.error = error
-
-
-class _RequestGuard(grpc.ServerInterceptor):
-    """Parses request messages without raising, refuses new calls while draining, counts calls in flight.
-
-    gRPC itself answers a message that fails to parse with INTERNAL ("Exception deserializing request"):
-    here it gets INVALID_ARGUMENT. Once `drain` starts, new calls get UNAVAILABLE from the handler,
-    while gRPC's own stop would cancel calls it has received but not yet started (CANCELLED).
-    """
-
-    def __init__(self):
-        self.draining = False
-        self.refused = 0  # calls refused UNAVAILABLE because the drain had begun
-        self._in_flight = 0
-        self._condition = threading.Condition()
-
-    @property
-    def in_flight(self) -> int:
-        """Calls being answered now (in a handler)."""
-        with self._condition:
-            return self._in_flight
-
-    def drain(self, deadline: float) -> int:
-        """Refuses new calls; waits until the calls in flight are answered or `time.monotonic()` passes `deadline`.
-
-        Returns:
-            How many calls were still running at the deadline.
-        """
-        with self._condition:
-            self.draining = True
-            while self._in_flight and time.monotonic() < deadline:
-                self._condition.wait(max(deadline - time.monotonic(), 0.01))
-            return self._in_flight
-
-    def intercept_service(self, continuation, handler_call_details):
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None or handler.request_deserializer is None:
-            return handler
-        parse, behaviour = handler.request_deserializer, handler.unary_unary
-
-        def safe_parse(data: bytes):
-            try:
-                return parse(data)
-            except Exception as error:
-                return _Malformed(error)
-
-        def run(request, context):
-            # The drain flag is read and the call counted under one lock: `drain` sees every call it lets in.
-            with self._condition:
-                refused = self.draining
-                self.refused += refused
-                self._in_flight += not refused
-            if refused:
-                context.abort(grpc.StatusCode.UNAVAILABLE, "Server is shutting down")
-            try:
-                if isinstance(request, _Malformed):
-                    message = f"Could not parse the request message: {type(request.error).__name__}: {request.error}"
-                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, message[:MAX_ERROR_CHARS])
-                return behaviour(request, context)
-            finally:
-                with self._condition:
-                    self._in_flight -= 1
-                    self._condition.notify_all()
-
-        return handler._replace(request_deserializer=safe_parse, unary_unary=run)
-
-
-class _PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    def __init__(self, service: ServingService):
-        self.service = service
-
-    def Predict(self, request, context):  # noqa: N802 - gRPC method names
-        return _answer(context, lambda r: self.service.predict(r, _deadline(context)), request)
-
-    def GetModelMetadata(self, request, context):  # noqa: N802
-        return _answer(context, self.service.metadata, request)
-
-    def Classify(self, request, context):  # noqa: N802
-        return _answer(context, lambda r: self.service.classify(r, _deadline(context)), request)
-
-    def Regress(self, request, context):  # noqa: N802
-        return _answer(context, lambda r: self.service.regress(r, _deadline(context)), request)
-
-    def MultiInference(self, request, context):  # noqa: N802
-        return _answer(context, lambda r: self.service.multi_inference(r, _deadline(context)), request)
-
-
-class _ModelService(model_service_pb2_grpc.ModelServiceServicer):
-    def __init__(self, service: ServingService):
-        self.service = service
-
-    def GetModelStatus(self, request, context):  # noqa: N802
-        return _answer(context, self.service.status, request)
-
-    def HandleReloadConfigRequest(self, request, context):  # noqa: N802
-        if not self.service.model_management:
-            context.abort(
-                grpc.StatusCode.UNIMPLEMENTED,
-                "model management is turned off on this server (--enable_model_management=false)",
-            )
-        return _answer(context, self.service.reload, request)
+from .models.config_watch import ConfigFileWatcher
+from .models.manager import ModelManager
+from .transport import tls
+from .transport.grpc_options import MAX_MESSAGE_BYTES, server_options  # noqa: F401 - the limit stays importable here
+from .transport.grpc_server import ModelServicer, PredictionServicer, RequestGuard
+from .transport.rest_server import DEFAULT_MAX_CONNECTIONS, RestFront
+from .wire.tensor_codec import MAX_REQUEST_ELEMENTS
 
 
 class ModelServer:
@@ -467,7 +202,7 @@ class ModelServer:
             self._watcher = ConfigFileWatcher(
                 self._config_file, self._config_poll_seconds, self._manager.configs, self._manager.reload
             ).start()
-        self._guard = _RequestGuard()
+        self._guard = RequestGuard()
         # Past the workers plus the queue, gRPC answers RESOURCE_EXHAUSTED instead of queueing.
         self._grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=limits["grpc_threads"]),
@@ -475,8 +210,8 @@ class ModelServer:
             interceptors=[self._guard, monitoring.RequestMetricsInterceptor(self.metrics)],
             maximum_concurrent_rpcs=limits["grpc_threads"] + limits["max_queued_requests"],
         )
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(_PredictionService(service), self._grpc)
-        model_service_pb2_grpc.add_ModelServiceServicer_to_server(_ModelService(service), self._grpc)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionServicer(service), self._grpc)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(service), self._grpc)
         address = f"{self._host}:{self._ports[0]}"
         self.grpc_port = self._add_grpc_port(address, f"gRPC port {address}")
         if self.grpc_socket_path:

@@ -74,7 +74,7 @@ def main() -> None:
     from keras_fcn.data.synthetic import SyntheticShapes
     from keras_fcn.export import export_saved_model
     from keras_fcn.serving import ModelServer
-    from keras_fcn.serving.images import encode_png
+    from keras_fcn.serving.wire.images import encode_png
 
     if args.model:
         keras_fcn.register_keras_objects()

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from tensorflow.core.protobuf import meta_graph_pb2
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 
-from keras_fcn.serving import json_codec
 from keras_fcn.serving.errors import ServingError
+from keras_fcn.serving.wire import json_codec
 
 
 def infos(**dtypes) -> dict:
@@ -218,7 +218,7 @@ _JSON = st.recursive(
 @settings(derandomize=True, database=None, max_examples=300, deadline=None)
 @given(document=_JSON, indent=st.sampled_from([None, 1]))
 def test_the_values_bound_never_refuses_a_body_within_the_limit(document, indent):
-    from keras_fcn.serving import rest
+    from keras_fcn.serving.api import rest
 
     body = json.dumps(document, indent=indent).encode()
     exact = _scalars(document)

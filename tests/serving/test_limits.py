@@ -19,10 +19,10 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
 from keras_fcn.export import export_saved_model
 from keras_fcn.serving import ModelServer
-from keras_fcn.serving import predict as predict_lib
-from keras_fcn.serving.batching import BatchScheduler
-from keras_fcn.serving.config import BatchingParameters
 from keras_fcn.serving.errors import ServingError
+from keras_fcn.serving.models import signatures as signatures_lib
+from keras_fcn.serving.models.batching import BatchScheduler
+from keras_fcn.serving.models.config import BatchingParameters
 
 PIXELS = 1024  # the pixel limit the test model is exported with: 32x32 passes, 32x33 does not
 
@@ -294,14 +294,14 @@ def _raw_http(port: int, data: bytes) -> bytes:
 def blocked_runs(monkeypatch):
     """Makes every signature call wait until `release` is set; `entered` counts calls that started."""
     release, entered = threading.Event(), []
-    real = predict_lib.run_signature
+    real = signatures_lib.run_signature
 
     def run(function, inputs):
         entered.append(1)
         release.wait(60)
         return real(function, inputs)
 
-    monkeypatch.setattr(predict_lib, "run_signature", run)
+    monkeypatch.setattr(signatures_lib, "run_signature", run)
     yield release, entered
     release.set()
 
@@ -354,13 +354,13 @@ def test_rest_past_its_bound_answers_429(limited, blocked_runs):
 
 def test_rest_timeout_answers_504(limited, monkeypatch):
     path, _, _ = limited
-    real = predict_lib.run_signature
+    real = signatures_lib.run_signature
 
     def slow(function, inputs):
         time.sleep(0.6)  # longer than the 300 ms timeout below
         return real(function, inputs)
 
-    monkeypatch.setattr(predict_lib, "run_signature", slow)
+    monkeypatch.setattr(signatures_lib, "run_signature", slow)
     body = json.dumps({"instances": random_images(1, 8, 8).tolist()}).encode()
     with ModelServer("fcn", path, port=0, rest_port=0, rest_timeout_ms=300) as server:
         status, error = _post(server.rest_address, body)

@@ -27,7 +27,7 @@ from serving_testing import build_test_model, random_images
 
 from keras_fcn.export import export_saved_model
 from keras_fcn.serving import FCNClient, ModelServer
-from keras_fcn.serving.images import encode_png
+from keras_fcn.serving.wire.images import encode_png
 from keras_fcn.visualize import colorize
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

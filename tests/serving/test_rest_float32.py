@@ -10,7 +10,8 @@ import numpy as np
 from serving_testing import build_test_model, random_images
 
 from keras_fcn.export import export_saved_model
-from keras_fcn.serving import FCNClient, ModelServer, json_codec
+from keras_fcn.serving import FCNClient, ModelServer
+from keras_fcn.serving.wire import json_codec
 
 
 def _float32_values(rng: np.random.Generator) -> np.ndarray:

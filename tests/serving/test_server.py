@@ -23,9 +23,9 @@ from tensorflow.core.framework import tensor_pb2
 from keras_fcn.cli import main
 from keras_fcn.export import export_saved_model
 from keras_fcn.serving import FCNClient, ModelServer, roundtrip_check
-from keras_fcn.serving.config import BatchingParameters, parse_batching_parameters, read_model_config_file
 from keras_fcn.serving.errors import MAX_ERROR_CHARS, ServingError
-from keras_fcn.serving.tensor_codec import make_tensor_proto
+from keras_fcn.serving.models.config import BatchingParameters, parse_batching_parameters, read_model_config_file
+from keras_fcn.serving.wire.tensor_codec import make_tensor_proto
 from keras_fcn.visualize import class_map_png, voc_palette
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -149,9 +149,9 @@ def test_zero_padded_version_folders_are_served(tmp_path, base):
 
 
 def _served_model(base_path: str, **kwargs):
-    from keras_fcn.serving.config import model_config
-    from keras_fcn.serving.predict import predict
-    from keras_fcn.serving.versions import ServedModel
+    from keras_fcn.serving.api.predict import predict
+    from keras_fcn.serving.models.config import model_config
+    from keras_fcn.serving.models.versions import ServedModel
 
     served = ServedModel(model_config("fcn", base_path), **kwargs)
     return served, lambda: served.poll(predict)
@@ -168,13 +168,13 @@ def _two_versions_served(tmp_path, path: str):
 
 
 def _states(served) -> dict:
-    from keras_fcn.serving.versions import State
+    from keras_fcn.serving.models.versions import State
 
     return {version: State.Name(state) for version, (state, _) in served.states().items()}
 
 
 def _probabilities(served, images) -> np.ndarray:
-    from keras_fcn.serving.predict import run_signature
+    from keras_fcn.serving.models.signatures import run_signature
 
     _, _, function = served.resolve(None).signature("")
     return run_signature(function, {"images": images})["probabilities"]
@@ -298,7 +298,7 @@ def test_batching_merges_concurrent_requests_and_keeps_errors_apart(tmp_path, ba
 
 
 def test_stopping_the_scheduler_fails_queued_requests_with_unavailable():
-    from keras_fcn.serving.batching import BatchScheduler
+    from keras_fcn.serving.models.batching import BatchScheduler
 
     calls = []
     # A batch that only a full queue or a minute's wait would start: the request stays queued.

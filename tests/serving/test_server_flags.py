@@ -23,8 +23,8 @@ from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 from keras_fcn.cli import main
 from keras_fcn.export import export_saved_model
 from keras_fcn.serving import FCNClient, ModelServer, tls_credentials
-from keras_fcn.serving.grpc_options import parse_grpc_channel_arguments
-from keras_fcn.serving.tensor_codec import make_tensor_proto
+from keras_fcn.serving.transport.grpc_options import parse_grpc_channel_arguments
+from keras_fcn.serving.wire.tensor_codec import make_tensor_proto
 
 TIMEOUT = 20  # seconds any one call may take
 

@@ -1,5 +1,5 @@
-"""The client's own messages (`serving/wire.py`) and the numpy codec client and server share
-(`serving/tensor_codec.py`) against the official ones: TensorFlow's and tensorflow-serving-api's
+"""The client's own messages (`serving/wire/messages.py`) and the numpy codec client and server share
+(`serving/wire/tensor_codec.py`) against the official ones: TensorFlow's and tensorflow-serving-api's
 descriptors, `tf.make_tensor_proto` and `tf.make_ndarray`, the official stubs' GetModelStatus and
 GetModelMetadata answers; and `keras-fcn query`, `FCNClient.status()` and `metadata()` run without
 TensorFlow against the server under test.
@@ -31,9 +31,10 @@ from tensorflow_serving.apis import (
     status_pb2,
 )
 
-from keras_fcn.serving import FCNClient, wire
+from keras_fcn.serving import FCNClient
 from keras_fcn.serving.errors import ServingError
-from keras_fcn.serving.tensor_codec import make_ndarray, make_tensor_proto, request_array
+from keras_fcn.serving.wire import messages as wire
+from keras_fcn.serving.wire.tensor_codec import make_ndarray, make_tensor_proto, request_array
 from keras_fcn.tiling import predict_tiled
 
 HEAVY = ("tensorflow", "keras", "tensorflow_serving")

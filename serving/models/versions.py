@@ -19,7 +19,7 @@ from tensorflow_serving.apis import get_model_status_pb2, prediction_log_pb2
 
 from keras_fcn.export import ASSETS_EXTRA, WARMUP_FILE, read_class_names, version_folders
 
-from .errors import ServingError, log
+from ..errors import ServingError, log
 from .signatures import SessionModel, load_signatures
 
 DEFAULT_SIGNATURE = "serving_default"

@@ -15,7 +15,7 @@ import numpy as np
 from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow_serving.apis import input_pb2
 
-from .errors import invalid_argument
+from ..errors import invalid_argument
 
 
 def serialized_examples(model_input: input_pb2.Input) -> np.ndarray:

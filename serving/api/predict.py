@@ -8,27 +8,15 @@ another method is refused.
 from __future__ import annotations
 
 import grpc
-import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2
 
-from .errors import ServingError, clean_tf_message
+from ..errors import ServingError
+from ..models.signatures import run_signature
+from ..models.versions import LoadedVersion
+from ..wire.tensor_codec import MAX_REQUEST_ELEMENTS, check_request_size, make_tensor_proto, request_array
 from .inputs import check_inputs, check_output_filter
-from .tensor_codec import MAX_REQUEST_ELEMENTS, check_request_size, make_tensor_proto, request_array
-from .versions import LoadedVersion
 
-_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
 PREDICT_METHODS = ("tensorflow/serving/predict", "tensorflow/serving/classify", "tensorflow/serving/regress")
-
-
-def run_signature(function, inputs: dict) -> dict:
-    """Calls a signature (`signatures.load_signatures`) on numpy inputs; TF errors keep their status code."""
-    try:
-        return function(**inputs)
-    except tf.errors.OpError as error:
-        code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL)
-        raise ServingError(code, clean_tf_message(error.message)) from error
-    except (TypeError, ValueError) as error:
-        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error
 
 
 def predict_arrays(

@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from tensorflow_serving.apis import regression_pb2
 
+from ..errors import invalid_argument
+from ..models.versions import LoadedVersion
+from ..wire.examples import serialized_examples
 from .classify import debug_string, example_signature
-from .errors import invalid_argument
-from .examples import serialized_examples
-from .versions import LoadedVersion
 
 REGRESS_METHOD = "tensorflow/serving/regress"
 INPUTS, OUTPUTS = "inputs", "outputs"

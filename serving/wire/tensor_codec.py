@@ -29,8 +29,8 @@ from __future__ import annotations
 import grpc
 import numpy as np
 
-from .errors import ServingError
-from .wire import DATA_TYPES, TensorProto
+from ..errors import ServingError
+from .messages import DATA_TYPES, TensorProto
 
 # Values one request may declare, all input tensors together (`--max_request_elements`): 3 x the
 # exported model's default pixel limit, i.e. 33.5 M RGB pixels. A TensorProto may hold one value for

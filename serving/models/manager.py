@@ -7,8 +7,8 @@ import threading
 import grpc
 from tensorflow_serving.apis import get_model_status_pb2
 
-from .errors import ServingError, log
-from .monitoring import OTHER
+from ..errors import ServingError, log
+from ..monitoring import OTHER
 from .versions import LoadedVersion, ServedModel, State
 
 

@@ -19,7 +19,7 @@ import tempfile
 
 import grpc
 
-from .config_protos import SSLConfig, read_text_proto
+from ..models.config_protos import SSLConfig, read_text_proto
 
 FLAG = "--ssl_config_file"
 _PEM = "-----BEGIN "

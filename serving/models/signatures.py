@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import logging
 
+import grpc
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.protobuf import config_pb2
+
+from ..errors import ServingError, clean_tf_message
 
 REFERENCE_VARIABLE_OPS = {"VariableV2", "Variable"}
 
@@ -103,3 +106,17 @@ def load_signatures(path: str, meta_graph) -> tuple[dict, object]:
             raise error from None
         return model.signatures(), model
     return {name: _EagerSignature(function) for name, function in loaded.signatures.items()}, loaded
+
+
+_GRPC_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def run_signature(function, inputs: dict) -> dict:
+    """Calls a signature (`signatures.load_signatures`) on numpy inputs; TF errors keep their status code."""
+    try:
+        return function(**inputs)
+    except tf.errors.OpError as error:
+        code = _GRPC_CODES.get(error.error_code, grpc.StatusCode.INTERNAL)
+        raise ServingError(code, clean_tf_message(error.message)) from error
+    except (TypeError, ValueError) as error:
+        raise ServingError(grpc.StatusCode.INVALID_ARGUMENT, str(error)) from error

@@ -9,11 +9,11 @@
 - `POST /v1/models/M[...]:classify` / `:regress` with `{"examples": [{feature: value, ...}], "context": {...}}`
   -> `{"results": [[[label, score], ...]]}` / `{"results": [value, ...]}`.
 Errors are `{"error": message}` with the HTTP code of the gRPC status; a path under `/v1/` that no
-route takes is a 400 `Malformed request`, as in TF Serving. The JSON codec is `json_codec.py`.
+route takes is a 400 `Malformed request`, as in TF Serving. The JSON codec is `wire/json_codec.py`.
 
 A body that may hold more values than `--max_request_elements` is refused before it is parsed
 (`check_values_bound`). How requests arrive, and the bounds on bodies, connections and workers, are
-the front's (`http_front.py`).
+the front's (`transport/rest_server.py`).
 
 Beside these, `GET /` serves a page that tries the model in a browser and `GET /v1/keras_fcn/...` the
 small extension it reads (see `page.py`).
@@ -30,11 +30,12 @@ import grpc
 from google.protobuf import json_format
 from tensorflow_serving.apis import classification_pb2, regression_pb2
 
+from .. import page
+from ..errors import ServingError, check_deadline, invalid_argument, log
+from ..models.versions import DEFAULT_SIGNATURE, State
+from ..wire import json_codec
 from . import classify as classify_lib
-from . import json_codec, page
 from . import regress as regress_lib
-from .errors import ServingError, check_deadline, invalid_argument, log
-from .versions import DEFAULT_SIGNATURE, State
 
 # TF Serving's routes (`http_rest_api_util.cc`): POST a verb, GET a status or metadata; the
 # path prefix matches in any case, the verb and `metadata` only in lower case.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import grpc
 import tensorflow as tf
 
-from .errors import ServingError
-from .tensor_codec import data_type_string, request_array
+from ..errors import ServingError
+from ..wire.tensor_codec import data_type_string, request_array
 
 
 def _join(names) -> str:

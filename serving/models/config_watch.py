@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import threading
 
+from ..errors import log
 from .config import read_model_config_file
-from .errors import log
 
 
 class ConfigFileWatcher:

@@ -12,9 +12,9 @@ import numpy as np
 from google.protobuf import text_format
 from tensorflow_serving.apis import classification_pb2
 
-from .errors import invalid_argument
-from .examples import serialized_examples
-from .versions import DEFAULT_SIGNATURE, LoadedVersion
+from ..errors import invalid_argument
+from ..models.versions import DEFAULT_SIGNATURE, LoadedVersion
+from ..wire.examples import serialized_examples
 
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 INPUTS, CLASSES, SCORES = "inputs", "classes", "scores"

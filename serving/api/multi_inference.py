@@ -9,11 +9,11 @@ from __future__ import annotations
 import grpc
 from tensorflow_serving.apis import inference_pb2
 
+from ..errors import ServingError, invalid_argument
+from ..models.versions import DEFAULT_SIGNATURE, LoadedVersion
+from ..wire.examples import serialized_examples
 from . import classify as classify_lib
 from . import regress as regress_lib
-from .errors import ServingError, invalid_argument
-from .examples import serialized_examples
-from .versions import DEFAULT_SIGNATURE, LoadedVersion
 
 _METHODS = {
     classify_lib.CLASSIFY_METHOD: (classify_lib.check_signature, classify_lib.classification_result),

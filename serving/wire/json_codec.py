@@ -14,7 +14,7 @@ import json
 import numpy as np
 import tensorflow as tf
 
-from .errors import ServingError, invalid_argument
+from ..errors import ServingError, invalid_argument
 from .examples import decode_b64, input_from_json, is_b64, json_type
 from .tensor_codec import data_type_string
 

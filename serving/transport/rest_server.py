@@ -32,8 +32,9 @@ import grpc
 import tornado.httpserver
 import tornado.web
 
-from . import monitoring, rest
-from .errors import log
+from .. import monitoring
+from ..api import rest
+from ..errors import log
 
 DEFAULT_MAX_CONNECTIONS = 1024
 SERVER_NAME = "keras-fcn-model-server"

@@ -20,9 +20,9 @@ import time
 import grpc
 import numpy as np
 
+from ..errors import ServingError, check_deadline
 from .config import BatchingParameters
-from .errors import ServingError, check_deadline
-from .predict import run_signature
+from .signatures import run_signature
 
 SHUTTING_DOWN = "Server is shutting down; the request was not run"
 DEADLINE_PASSED = "Deadline exceeded before the request ran"
@@ -40,7 +40,7 @@ class _Task:
 
 
 class BatchScheduler:
-    """Runs signature calls in batches; `scheduler.run` has the signature of `predict.run_signature`."""
+    """Runs signature calls in batches; `scheduler.run` has the signature of `signatures.run_signature`."""
 
     def __init__(self, parameters: BatchingParameters):
         self.parameters = parameters
