@@ -548,14 +548,18 @@ def inspect_caffemodel(path: str | os.PathLike, prototxt: str | os.PathLike | No
     Raises:
         CaffeModelError: as `load_caffemodel`.
     """
-    net = read_caffemodel(path)
-    if prototxt is not None:
-        _check_prototxt(net, prototxt)
-    return recognise(net)
+    with read_caffemodel(path) as net:
+        if prototxt is not None:
+            _check_prototxt(net, prototxt)
+        return recognise(net)
 
 
 def _load(path, prototxt) -> tuple[keras.Model, Recognised]:
-    net = read_caffemodel(path)
+    with read_caffemodel(path) as net:  # unmapped once the weights are copied into the model
+        return _build(net, prototxt)
+
+
+def _build(net: CaffeNet, prototxt) -> tuple[keras.Model, Recognised]:
     if prototxt is not None:
         _check_prototxt(net, prototxt)
     found = recognise(net)

@@ -53,6 +53,30 @@ class CaffeNet:
     def by_name(self) -> dict[str, CaffeLayer]:
         return {layer.name: layer for layer in self.layers}
 
+    def close(self) -> None:
+        """Unmaps the file, dropping the blobs' arrays that are views on it first; safe to call twice.
+
+        An array the caller still holds keeps the map open (unmapping under it would crash); the map is
+        then closed once that array is gone.
+        """
+        if self._map is None:
+            return
+        for layer in self.layers:
+            for blob in layer.blobs:
+                if blob.offset >= 0:
+                    blob.array = None
+        try:
+            self._map.close()
+        except BufferError:  # a view still exported: the garbage collector closes it after
+            return
+        self._map = None
+
+    def __enter__(self) -> CaffeNet:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def release(self, blob: Blob, start: int = 0, stop: int | None = None) -> None:
         """Drops the file pages of a copied blob (rows `start:stop`) from this process's memory.
 

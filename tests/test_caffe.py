@@ -8,6 +8,7 @@ Feeding convention: RGB uint8-range pixels into our model; BGR minus the mean pi
 
 from __future__ import annotations
 
+import gc
 import os
 
 import caffe_nets
@@ -113,6 +114,31 @@ def test_scale_values_and_mean_are_read_from_the_file(tmp_path):
     assert model.get_layer("scale_pool3").scale == pytest.approx(0.0007)
     assert model.get_layer("preprocess").mean == (101.5, 112.25, 120.0)
     assert "the file's data layer" in caffe.inspect_caffemodel(caffemodel).describe()
+
+
+def _mapped(path: str) -> bool:
+    with open("/proc/self/maps") as f:
+        return os.path.realpath(path) in f.read()
+
+
+def test_the_file_is_unmapped_once_its_weights_are_copied(tmp_path):
+    from keras_fcn.caffe_reader import read_caffemodel
+
+    _, caffemodel = caffe_nets.fcn_net("fcn16s", 21).write(str(tmp_path), (32, 32))
+    net = read_caffemodel(caffemodel)
+    held = net.layers[0].blobs[0].array  # a view on the mapped file, still held by the caller
+    assert _mapped(caffemodel)
+    net.close()  # does not unmap under the view ...
+    assert _mapped(caffemodel) and np.isfinite(held).all()
+    del held, net  # ... which the garbage collector closes once it is gone
+    gc.collect()
+    assert not _mapped(caffemodel)
+    with read_caffemodel(caffemodel) as net:
+        assert _mapped(caffemodel)
+    assert not _mapped(caffemodel) and net.layers  # unmapped while the net itself is still held
+    model = caffe.load_caffemodel(caffemodel)
+    caffe.inspect_caffemodel(caffemodel)
+    assert not _mapped(caffemodel) and model.get_layer("score_fr").get_weights()[0].any()
 
 
 def test_geometric_head_is_left_out_and_said(tmp_path):
