@@ -84,6 +84,7 @@ _WHITESPACE = re.compile(rb"[ \t\n\r]*")
 _PLAIN_STRING = re.compile(rb'"([^"\\\x00-\x1f]*)"')  # a string without escapes or control characters
 _INF_LITERAL = np.frombuffer(b"Infinity", np.uint8)
 _NAN_LITERAL = np.frombuffer(b"NaN", np.uint8)
+_MAX_TOKEN = 300  # longer numbers are past float64 (or not worth a fast path)
 _MAX_FAST_DIGITS = 15  # up to 15 digits a decimal mantissa is exact in float64 (Clinger's fast path)
 _POW10 = 10.0 ** np.arange(23)  # exact in float64
 # Integer tensors TF Serving reads through int32 (and casts, wrapping), or int64.
@@ -309,29 +310,31 @@ def _scan_array(data: np.ndarray, body: bytes, position: int) -> tuple[_Tensor |
     """
     if body[position : position + 1] != b"[":
         return None, position
-    depth, prev_class, carried_closes = 0, _COMMA, None  # carried_closes: ']' after the last number so far
+    depth, carried_closes = 0, None  # carried_closes: ']' after the last number so far
     rank, sizes = None, {}  # sizes[level]: values in one array at that level (level 1: the whole array)
     counted, chunks, integers_only, max_token = 0, [], True, 0
     start = position
     while True:
         window = data[start : start + CHUNK_BYTES]
-        depths = np.cumsum(_DEPTH[window], dtype=np.int32)
+        # the depth after each bracket: the array ends at the first bracket that brings it to 0
+        brackets = np.flatnonzero((window == ord("[")) | (window == ord("]")))
+        depths = np.cumsum(_DEPTH.take(window[brackets]), dtype=np.int32)
         depths += depth
         closed = depths <= 0
         last = bool(closed.any())
         if last:
-            stop = start + int(closed.argmax()) + 1
+            stop = start + int(brackets[closed.argmax()]) + 1
         else:
             stop = body.rfind(b",", start, start + len(window)) + 1
             if stop <= start or start + len(window) >= len(body):
                 return None, position  # no comma in a whole chunk, or the body ends inside the array
-            depth = int(depths[stop - start - 1])
+            before = int(np.searchsorted(brackets, stop - start))  # brackets in the chunk
+            depth = int(depths[before - 1]) if before else depth
         chunk = data[start:stop]
-        classes = _CLASS[chunk]
+        classes = _CLASS.take(chunk)
         previous = np.empty_like(classes)
-        previous[0], previous[1:] = prev_class, classes[:-1]
-        prev_class = _COMMA
-        if not _PAIR[previous * 12 + classes].all():  # also refuses _BAD bytes: no pair allows them
+        previous[0], previous[1:] = _COMMA, classes[:-1]  # a chunk starts after a comma (or is the first)
+        if not _PAIR.take(previous * 12 + classes).all():  # also refuses _BAD bytes: no pair allows them
             return None, position
         tokens = _numbers(chunk, classes, previous)
         if tokens is None:
@@ -344,7 +347,7 @@ def _scan_array(data: np.ndarray, body: bytes, position: int) -> tuple[_Tensor |
         kept = np.minimum(kept, _D)  # numbers -> _D
         token_pairs = np.empty_like(kept)
         token_pairs[0], token_pairs[1:] = _COMMA, kept[:-1]  # a chunk starts after a comma (or is the first)
-        if not _TOKEN_PAIR[token_pairs * 5 + kept].all():
+        if not _TOKEN_PAIR.take(token_pairs * 5 + kept).all():
             return None, position
         numbers, commas = np.flatnonzero(kept == _D), np.flatnonzero(kept == _COMMA)
         if len(numbers) != len(commas) + last:
@@ -427,7 +430,20 @@ def _numbers(chunk: np.ndarray, classes: np.ndarray, previous: np.ndarray):
             return None  # '.' after the exponent
     if len(letters) and not _literals_ok(chunk, classes, starts, len(letters)):
         return None
+    # Python's json refuses numbers past float64 ("Number too big to be stored in double"): a body the
+    # scan accepts must parse, so such numbers (only with an exponent or 300+ digits) go to json_codec.
+    if longest > _MAX_TOKEN:
+        return None
+    if len(exponents):
+        values = _read(_text(chunk), np.float64, len(starts))
+        if values is None or np.isinf(values).sum() != _infinities(chunk, starts):
+            return None
     return starts, has_float, longest
+
+
+def _infinities(chunk: np.ndarray, starts: np.ndarray) -> int:
+    """How many of the numbers starting at `starts` are `Infinity` or `-Infinity`."""
+    return int(np.count_nonzero(chunk[starts] == ord("I")) + np.count_nonzero(chunk[starts + 1] == ord("I")))
 
 
 def _literals_ok(chunk: np.ndarray, classes: np.ndarray, starts: np.ndarray, letters: int) -> bool:
@@ -476,7 +492,7 @@ def _parse(body: bytes, tensor: _Tensor, dtype: tf.DType) -> np.ndarray | None:
 
 def _text(chunk: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """The chunk with brackets blanked (and only `keep` bytes), ending without a comma: numpy's text input."""
-    text = _BLANK_BRACKETS[chunk]
+    text = _BLANK_BRACKETS.take(chunk)
     if keep is not None:
         text = text[keep]
     if text[-1] == ord(","):
@@ -505,7 +521,7 @@ def _floats(chunk: np.ndarray, count: int) -> np.ndarray | None:
     correctly rounded value (Clinger's fast path). Other chunks go through numpy's correctly rounded
     text reader. JSON integers are Python ints to json_codec: `-0` is +0.0.
     """
-    classes = _CLASS[chunk]
+    classes = _CLASS.take(chunk)
     number = classes >= _NUMBER
     previous = np.zeros_like(number)
     previous[1:] = number[:-1]
@@ -541,8 +557,7 @@ def _floats(chunk: np.ndarray, count: int) -> np.ndarray | None:
     values = _read(_text(chunk), np.float64, count)
     if values is None:
         return None
-    infinite = np.isinf(values)
-    if infinite.any() and infinite.sum() != np.count_nonzero(chunk[starts + negative] == ord("I")):
+    if np.isinf(values).sum() != _infinities(chunk, starts):
         return None  # a finite-looking number past float64: json_codec's "Number too big" error
     values[integer & (values == 0)] = 0.0  # the integer -0 is +0.0
     return values
