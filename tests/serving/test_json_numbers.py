@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import random
 import tracemalloc
 from pathlib import Path
 
@@ -29,6 +28,8 @@ from keras_fcn.serving.errors import ServingError  # noqa: E402
 # DataType enum values
 FLOAT, DOUBLE, INT32, UINT8, INT16, INT8, STRING, INT64, BOOL, HALF = 1, 2, 3, 4, 5, 6, 7, 9, 10, 19
 NUMERIC = [FLOAT, UINT8, INT32, DOUBLE, INT8, INT64]
+
+
 def corpus(examples: int) -> settings:
     """A fixed corpus: the same bodies every run."""
     return settings(
@@ -104,7 +105,10 @@ def numbers(kind: str) -> st.SearchStrategy[str]:
         "pixels": st.integers(0, 255).map(str),
         "integers": st.one_of(small, st.integers(-(1 << 70), 1 << 70).map(str)),
         "floats": st.one_of(*(st.floats(width=w, allow_nan=False, allow_infinity=False) for w in (32, 64))).map(repr),
-        "decimals": st.one_of(st.from_regex(VALID_NUMBER, fullmatch=True), st.decimals(places=3, allow_nan=False, allow_infinity=False).map(str)),
+        "decimals": st.one_of(
+            st.from_regex(VALID_NUMBER, fullmatch=True),
+            st.decimals(places=3, allow_nan=False, allow_infinity=False).map(str),
+        ),
         "literals": st.sampled_from(["NaN", "Infinity", "-Infinity", "-0", "-0.0", "0", "1e400", "-1e-400"]),
     }
     if kind == "mixed":
@@ -190,7 +194,7 @@ HOSTILE = [
     lambda items, rng: items + ['"instances": [1]', '"inputs": [1]'],
     lambda items, rng: items + ['"signature_name": 7'],
     lambda items, rng: [item.replace('"inputs"', '"\\u0069nputs"') for item in items],
-    lambda items, rng: [item.replace("]", ', true]', 1) if rng.random() < 0.5 else item for item in items],
+    lambda items, rng: [item.replace("]", ", true]", 1) if rng.random() < 0.5 else item for item in items],
     lambda items, rng: [item.replace("]", ', "s"]', 1) for item in items],
     lambda items, rng: [item.replace("]", ", null]", 1) for item in items],
     lambda items, rng: [item.replace("[", '[{"b64": "AA=="}, ', 1) for item in items],
@@ -278,7 +282,7 @@ def test_more_values_than_the_limit_are_refused_before_parsing():
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(",[{]} \"\\"),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(',[{]} "\\'),
     lambda inner: st.lists(inner) | st.dictionaries(st.text(",[{"), inner),
     max_leaves=20,
 )
