@@ -270,6 +270,36 @@ def test_unusual_bodies_go_to_json_codec(body):
     assert json_numbers.fast_predict_inputs(body, infos(x=FLOAT), 100) is None
 
 
+@pytest.mark.parametrize("token", NOT_NUMBERS + ["1e5.5", "1.5e5.5", "-0.0", "1.5e-3", "0e0", "-Infinity", "NaN"])
+@pytest.mark.parametrize("dtype", [FLOAT, INT32])
+def test_each_token_alone_and_among_numbers(token, dtype):
+    for text in (f"[{token}]", f"[1.5, {token}, 2]", f"[[1, -0.0], [{token}, 3]]", f"[1e2, {token}]"):
+        body = f'{{"instances": {text}}}'.encode()
+        check(body, infos(x=dtype))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "[[1, 2], [3, 4, 5], [6]]",  # ragged, yet 6 values in arrays of 2
+        "[[1, 2], 3, 4]",
+        "[[1, 2], [[3], 4]]",
+        "[[1, 2,], [3, 4]]",
+        "[[1, 2], ][3, 4]]",
+        "[[1, 2] [3, 4]]",
+        "[[1, 2[, ]3, 4]]",  # right counts of brackets between the numbers, in the wrong order
+        "[[1, 2], [3, 4]]]",
+        "[[[1, 2], [3, 4]], [[5, 6], [7, 8]], [[9, 10], [11, 12]]]",
+        "[[[1, 2], [3, 4]], [[5, 6], [7, 8]], [[9, 10]], [11, 12]]]",
+        "[[[1, 2], [3, 4]], [[5, 6], [7, 8]], [[9, 10]], [[11, 12]]]",
+    ],
+)
+@pytest.mark.parametrize("chunk", [8, 1 << 18])
+def test_shapes_and_structure(text, chunk):
+    with chunk_bytes(chunk):
+        check(f'{{"instances": {text}}}'.encode(), infos(x=FLOAT))
+
+
 def test_more_values_than_the_limit_are_refused_before_parsing():
     body = json.dumps({"inputs": {"a": [[1, 2, 3], [4, 5, 6]], "b": [7] * 6}}).encode()
     tensor_infos = infos(a=UINT8, b=UINT8)
