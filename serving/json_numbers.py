@@ -468,8 +468,8 @@ def _parse(body: bytes, tensor: _Tensor, dtype: tf.DType) -> np.ndarray | None:
     """The values of a scanned array as a `dtype` array, or None where json_codec would not give them."""
     floating = dtype in (tf.float32, tf.float64)
     if not floating:
-        if dtype not in _INT_BOUNDS or not tensor.integers_only or tensor.max_token > 18:
-            return None  # 18 digits parse exactly into int64; longer ones are out of any range here
+        if dtype not in _INT_BOUNDS or not tensor.integers_only or tensor.max_token > 19:
+            return None  # 18 digits and a sign sum exactly in int64; longer ones are out of any range here
         bounds = _INT_BOUNDS[dtype]
     result = np.empty(tensor.size, dtype.as_numpy_dtype)  # the one array-sized buffer, (values,)
     data = np.frombuffer(body, np.uint8)
@@ -518,7 +518,10 @@ def _integers(chunk: np.ndarray, count: int) -> np.ndarray | None:
     if len(starts) != count or len(units) != count:
         return None
     negative = chunk[starts] == ord("-")
-    values = _digit_sum(chunk, units, units + 1 - starts - negative)
+    digits = units + 1 - starts - negative
+    if digits.max() > 18:
+        return None
+    values = _digit_sum(chunk, units, digits)
     np.negative(values, out=values, where=negative)
     return values
 

@@ -246,7 +246,12 @@ def test_plain_numeric_bodies_take_the_fast_path(case, chunk):
             {"x": np.int64([-999999999999999999, 123456789012345678, 0, 7])},
             True,
         ),
-        (b'{"instances": [-0.5, 0.05, -0.000, 12.125, -3]}', {"x": FLOAT}, {"x": [-0.5, 0.05, -0.0, 12.125, -3]}, True),
+        (
+            b'{"instances": [-0.5, 0.05, -0.000, 12.125, -3]}',
+            {"x": FLOAT},
+            {"x": np.float32([-0.5, 0.05, -0.0, 12.125, -3])},
+            True,
+        ),
         (b'{"inputs": {"b": [[0.1]], "a": [7]}}', {"a": INT32, "b": DOUBLE}, {"a": np.int32([7]), "b": [[0.1]]}, False),
     ],
 )
