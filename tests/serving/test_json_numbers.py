@@ -346,10 +346,15 @@ def test_count_upper_bound_bounds_the_scalars_of_any_document(value, indent):
     assert json_numbers.count_upper_bound(body + b" trailing") >= scalars(value)
 
 
-def test_count_upper_bound_is_tight_enough_for_an_image():
+@pytest.mark.parametrize("layout", ["instances", "inputs", "object"])
+def test_count_upper_bound_is_exact_for_numeric_bodies(layout):
     image = np.arange(2 * 5 * 7 * 3).reshape(2, 5, 7, 3) % 256
-    body = json.dumps({"instances": image.tolist()}).encode()
-    assert image.size <= json_numbers.count_upper_bound(body) <= 1.5 * image.size
+    value = {"a": image.tolist(), "b": [[1]]} if layout == "object" else image.tolist()
+    body = json.dumps({"signature_name": "serving_default", "inputs" if layout == "object" else layout: value})
+    values = image.size + (layout == "object")
+    # the signature name is a scalar value too; keys are not
+    assert json_numbers.count_upper_bound(body.encode()) == values + 1
+    assert json_numbers.scan_predict_body(body.encode()).values == values
 
 
 def image_body(image: np.ndarray) -> bytes:
