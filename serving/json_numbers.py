@@ -159,7 +159,8 @@ class PredictBody:
     def check_size(self, max_elements: int) -> None:
         """Raises the `--max_request_elements` INVALID_ARGUMENT when the tensors hold more values."""
         if self.values > max_elements:
-            shapes = ", ".join(f"'{alias or 'inputs'}' {list(t.shape)}" for alias, t in self.tensors.items())
+            unnamed = "instances" if self.row_format else "inputs"
+            shapes = ", ".join(f"'{alias or unnamed}' {list(t.shape)}" for alias, t in self.tensors.items())
             raise too_many_values(self.values, shapes, max_elements)
 
     def inputs(self, tensor_infos, max_elements: int) -> tuple[dict, bool] | None:
