@@ -436,7 +436,7 @@ def _run_query(args) -> int:
     import numpy as np
 
     from keras_fcn.serving.client import FCNClient, tls_credentials
-    from keras_fcn.serving.images import decode_image
+    from keras_fcn.serving.wire.images import decode_image
     from keras_fcn.visualize import overlay, save_class_png, save_image
 
     missing = [path for path in args.images if not os.path.isfile(path)]

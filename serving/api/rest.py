@@ -33,7 +33,7 @@ from tensorflow_serving.apis import classification_pb2, regression_pb2
 from .. import page
 from ..errors import ServingError, check_deadline, invalid_argument, log
 from ..models.versions import DEFAULT_SIGNATURE, State
-from ..wire import json_codec
+from ..wire import json_codec, json_numbers
 from . import classify as classify_lib
 from . import regress as regress_lib
 
@@ -204,15 +204,15 @@ class Reply:
 def check_values_bound(body, max_elements: int) -> None:
     """Refuses a body that may hold more JSON values than `--max_request_elements`, before it is parsed.
 
-    In any JSON text, every value but the first of each array or object follows a comma, so its scalar
-    values (numbers, strings, true/false/null) number at most one more than its commas: one pass of
-    `bytes.count` (a fraction of a second for 300 MB). A comma inside a string over-counts; when the bound
-    is over the limit and the body has few strings, those commas are taken off before refusing.
+    The bound is `json_numbers.count_upper_bound`: one more than the body's commas, a fraction of a second
+    for 300 MB. A comma inside a string over-counts; when the bound is over the limit and the body has few
+    strings, those commas are taken off before refusing. (Commas after the document, which TF Serving
+    ignores, count too: such a body is refused.)
 
     Raises:
         ServingError: INVALID_ARGUMENT naming the bound and the limit.
     """
-    bound = body.count(b",") + 1
+    bound = json_numbers.count_upper_bound(body)
     if bound <= max_elements:
         return
     if body.count(b'"') <= _MAX_COUNTED_STRINGS:
@@ -227,8 +227,11 @@ def check_values_bound(body, max_elements: int) -> None:
 def _post(service, verb: str, spec: dict, raw: bytes, deadline: float | None = None) -> tuple[str, tuple[int, str]]:
     """The JSON reply of a POST (the body parsed, the request run, the result written), and the version
     and signature that answered it."""
-    document = json_codec.parse_json(raw)
-    signature_name = json_codec.signature_name(document)
+    # A body of plain numbers is scanned and parsed into numpy with one array-sized buffer; any other body
+    # goes through json_codec, which also words every error as TF Serving does.
+    numeric = json_numbers.scan_predict_body(raw) if verb == "predict" else None
+    document = json_codec.parse_json(raw) if numeric is None else None
+    signature_name = json_codec.signature_name(document) if numeric is None else numeric.signature_name
     if verb in ("classify", "regress"):
         model_input = json_codec.examples_input(document)
         version = service.resolve(**spec)
@@ -248,8 +251,12 @@ def _post(service, verb: str, spec: dict, raw: bytes, deadline: float | None = N
     tensor_infos = version.signature_defs[name].inputs
     if not tensor_infos:
         raise invalid_argument(f"Failed to get input map for signature: {signature_name or 'DEFAULT'}")
-    booleans = b"true" in raw or b"false" in raw  # else numpy may build numeric arrays directly
-    inputs, row_format = json_codec.predict_inputs(document, tensor_infos, booleans)
+    parsed = None if numeric is None else numeric.inputs(tensor_infos, service.max_request_elements)
+    if parsed is None:
+        document = json_codec.parse_json(raw) if document is None else document
+        booleans = b"true" in raw or b"false" in raw  # else numpy may build numeric arrays directly
+        parsed = json_codec.predict_inputs(document, tensor_infos, booleans)
+    inputs, row_format = parsed
     _, outputs = service.predict_arrays(version, name, inputs, deadline=deadline)
     return json_codec.tensors_json(outputs, row_format), (version.version, name)
 

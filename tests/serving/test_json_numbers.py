@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import tracemalloc
-from pathlib import Path
 
 import grpc
 import numpy as np
@@ -14,16 +13,8 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tensorflow.core.protobuf import meta_graph_pb2
 
-import keras_fcn.serving
-
-# The modules under test come from this checkout's serving/ folder. An editable install maps
-# keras_fcn.serving to the checkout it was made from, which for a git worktree beside it is another folder.
-_SERVING = str(Path(__file__).resolve().parents[2] / "serving")
-if _SERVING not in keras_fcn.serving.__path__:
-    keras_fcn.serving.__path__.insert(0, _SERVING)
-
-from keras_fcn.serving import json_codec, json_numbers  # noqa: E402
-from keras_fcn.serving.errors import ServingError  # noqa: E402
+from keras_fcn.serving.errors import ServingError
+from keras_fcn.serving.wire import json_codec, json_numbers
 
 # DataType enum values
 FLOAT, DOUBLE, INT32, UINT8, INT16, INT8, STRING, INT64, BOOL, HALF = 1, 2, 3, 4, 5, 6, 7, 9, 10, 19

@@ -27,7 +27,7 @@ import grpc
 import numpy as np
 import tensorflow as tf
 
-from .errors import ServingError
+from ..errors import ServingError
 
 CHUNK_BYTES = 1 << 18  # body bytes per numpy step: temporaries stay a few MB whatever the body's size
 MAX_RANK = 64  # as json_codec (numpy holds at most 64 dimensions)
