@@ -99,6 +99,11 @@ class FCNBackbone(keras_hub.models.Backbone):
         self.image_shape = image_shape
         self.pyramid_outputs = {"pool3": pools["pool3"], "pool4": pools["pool4"]}
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """keras-hub's `from_preset`, and the built-in names of `keras_fcn.presets.BUILTIN_PRESETS`."""
+        return super().from_preset(_resolve(preset), load_weights=load_weights, **kwargs)
+
     def get_config(self):
         return {
             **super().get_config(),
@@ -248,6 +253,18 @@ class FCNImageSegmenter(keras_hub.models.ImageSegmenter):
         self.class_names = class_names
         self.palette = palette
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """keras-hub's `from_preset` (folder, `kaggle://`, `hf://`), and the built-in names of
+        `keras_fcn.presets.BUILTIN_PRESETS` (downloaded and converted once).
+
+        A backbone-only preset (`vgg16_ilsvrc`) needs `num_classes=` (and `variant=`): a new head.
+
+        Raises:
+            ValueError: an unknown name, or a preset of another model (its class is named).
+        """
+        return super().from_preset(_resolve(preset), load_weights=load_weights, **kwargs)
+
     def colours(self):
         """The RGB colour of each class: `palette`, or PASCAL VOC's colours."""
         import numpy as np
@@ -273,6 +290,14 @@ class FCNImageSegmenter(keras_hub.models.ImageSegmenter):
             "class_names": self.class_names,
             "palette": self.palette,
         }
+
+
+def _resolve(preset) -> str:
+    from keras_fcn.presets import check_fcn_preset, preset_path
+
+    local = preset_path(preset)
+    check_fcn_preset(local, preset)
+    return local
 
 
 # --- the functional models of `keras_fcn.models` <-> the keras-hub classes -----------------------------------

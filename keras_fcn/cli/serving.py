@@ -9,6 +9,7 @@ import sys
 import time
 
 from keras_fcn.cli.common import (
+    MODEL_HELP,
     CommandError,
     add_precision_flag,
     add_tile_flags,
@@ -31,7 +32,7 @@ def add_export(verbs) -> None:
         description="Every format takes uint8 RGB images (N, H, W, 3) of any size and answers class_ids "
         "(N, H, W) and probabilities (N, H, W, C); each is checked against the model before it is put in place.",
     )
-    parser.add_argument("--model", required=True, help="the trained model, a .keras file")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument(
         "--output", required=True, metavar="PATH",
         help="saved_model: the model base path (PATH/<version>/); onnx: a .onnx file; litert: a .tflite file",
