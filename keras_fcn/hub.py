@@ -102,7 +102,7 @@ class FCNBackbone(keras_hub.models.Backbone):
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """keras-hub's `from_preset`, and the built-in names of `keras_fcn.presets.BUILTIN_PRESETS`."""
-        return super().from_preset(_resolve(preset), load_weights=load_weights, **kwargs)
+        return super().from_preset(_resolve(preset, load_weights), load_weights=load_weights, **kwargs)
 
     def get_config(self):
         return {
@@ -263,7 +263,7 @@ class FCNImageSegmenter(keras_hub.models.ImageSegmenter):
         Raises:
             ValueError: an unknown name, or a preset of another model (its class is named).
         """
-        return super().from_preset(_resolve(preset), load_weights=load_weights, **kwargs)
+        return super().from_preset(_resolve(preset, load_weights), load_weights=load_weights, **kwargs)
 
     def colours(self):
         """The RGB colour of each class: `palette`, or PASCAL VOC's colours."""
@@ -292,11 +292,11 @@ class FCNImageSegmenter(keras_hub.models.ImageSegmenter):
         }
 
 
-def _resolve(preset) -> str:
+def _resolve(preset, load_weights: bool = True) -> str:
     from keras_fcn.presets import check_fcn_preset, preset_path
 
     local = preset_path(preset)
-    check_fcn_preset(local, preset)
+    check_fcn_preset(local, preset, load_weights)
     return local
 
 

@@ -22,6 +22,8 @@ import numpy as np
 
 from keras_fcn.atomic import FILE_MODE
 
+# Where built-in presets are downloaded and converted: None is Keras's cache ($KERAS_HOME or ~/.keras).
+CACHE_DIR: str | None = None
 CACHE_SUBDIR = os.path.join("keras_fcn", "caffemodels")
 PRESETS_SUBDIR = os.path.join("keras_fcn", "presets")
 _REFERENCE_URL = "http://dl.caffe.berkeleyvision.org/"
@@ -77,14 +79,13 @@ BUILTIN_PRESETS = {
 
 
 def _keras_cache_dir(cache_dir: str | None) -> str:
-    """The cache folder `keras.utils.get_file` uses: `cache_dir`, `$KERAS_HOME` or `~/.keras`."""
-    if cache_dir is not None:
-        return cache_dir
-    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    """The cache folder: `cache_dir`, else `CACHE_DIR`, else Keras's (`$KERAS_HOME` or `~/.keras`)."""
+    return cache_dir or CACHE_DIR or os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
 
 
-def check_fcn_preset(local: str, preset: str) -> None:
-    """Raises a ValueError naming the class when a local preset's `config.json` is not an `FCNBackbone`'s."""
+def check_fcn_preset(local: str, preset: str, load_weights: bool = True) -> None:
+    """Checks a local preset before keras-hub reads it: `config.json` must be an `FCNBackbone`'s (a ValueError
+    names the class found), and the weights must be there (a FileNotFoundError names the file)."""
     import json
 
     config_path = os.path.join(local, "config.json")
@@ -97,6 +98,10 @@ def check_fcn_preset(local: str, preset: str) -> None:
             f"Expected a keras_fcn preset (config.json of keras_fcn>FCNBackbone). Received: preset={preset!r} "
             f"holding registered_name={registered!r}"
         )
+    weights = ("model.weights.h5", "model.weights.json")  # one file, or keras-hub's sharded index
+    if load_weights and not any(os.path.isfile(os.path.join(local, name)) for name in weights):
+        raise FileNotFoundError(f"The preset has no model.weights.h5 (nor a sharded model.weights.json). "
+                                f"Received: preset={preset!r}")  # fmt: skip
 
 
 def is_preset(text: str) -> bool:
@@ -115,7 +120,7 @@ def preset_path(preset: str, *, cache_dir: str | None = None, file_hash: str | N
 
     Args:
         preset: a built-in name (`BUILTIN_PRESETS`), a folder, or a `kaggle://` / `hf://` handle.
-        cache_dir: Keras's cache folder (default: `$KERAS_HOME` or `~/.keras`).
+        cache_dir: the cache folder (default: `CACHE_DIR`, else Keras's: `$KERAS_HOME` or `~/.keras`).
         file_hash: the `.caffemodel`'s SHA-256 (or MD5), checked by `keras.utils.get_file`; default: the
             table's.
 
@@ -139,13 +144,15 @@ def preset_path(preset: str, *, cache_dir: str | None = None, file_hash: str | N
 
     entry = BUILTIN_PRESETS[preset]
     file_hash = file_hash or entry.file_hash
+    # Keras falls back to /tmp/.keras for a cache folder it cannot write, a missing one included.
+    os.makedirs(_keras_cache_dir(cache_dir), exist_ok=True)
     try:
         caffemodel = keras.utils.get_file(
             fname=os.path.basename(entry.url),
             origin=entry.url,
             file_hash=file_hash,
             cache_subdir=CACHE_SUBDIR,
-            cache_dir=cache_dir,
+            cache_dir=_keras_cache_dir(cache_dir),
         )
     except ValueError as error:  # Keras's "Incomplete or corrupted file detected"
         # Keras leaves the file in its cache; a later call without a hash must not take it.
@@ -193,6 +200,15 @@ def _probe(num_pixels: tuple[int, int] = (37, 45)) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (1, *num_pixels, 3)).astype("uint8")
 
 
+def segment(segmenter, images) -> np.ndarray:
+    """The logits of an `FCNImageSegmenter` on raw RGB images: its preprocessor, then the model (one eager call;
+    `predict` would trace a function for each new model)."""
+    import keras
+
+    inputs = segmenter.preprocessor(images) if segmenter.preprocessor is not None else images
+    return keras.ops.convert_to_numpy(segmenter(inputs, training=False))
+
+
 def save_preset(segmenter, preset_dir: str | os.PathLike, *, force: bool = False) -> float:
     """Writes `segmenter.save_to_preset` to `preset_dir` atomically, after reloading it and comparing.
 
@@ -209,13 +225,13 @@ def save_preset(segmenter, preset_dir: str | os.PathLike, *, force: bool = False
     import keras_hub
 
     probe = _probe()
-    expected = segmenter.predict(probe, verbose=0)
+    expected = segment(segmenter, probe)
     result = {}
 
     def write(tmp):
         segmenter.save_to_preset(tmp)
         reloaded = keras_hub.models.ImageSegmenter.from_preset(tmp)
-        result["diff"] = float(np.max(np.abs(reloaded.predict(probe, verbose=0) - expected)))
+        result["diff"] = float(np.max(np.abs(segment(reloaded, probe) - expected)))
         if result["diff"] != 0:
             raise ValueError(f"The reloaded preset differs by {result['diff']}. Received: preset_dir={preset_dir!r}")
 
@@ -300,7 +316,7 @@ def caffemodel_to_preset(
         expected = keras.ops.convert_to_numpy(model(_probe()))
         del model
         diff = save_preset(segmenter, preset_dir, force=force)
-        diff = max(diff, float(np.max(np.abs(segmenter.predict(_probe(), verbose=0) - expected))))
+        diff = max(diff, float(np.max(np.abs(segment(segmenter, _probe()) - expected))))
     else:
         backbone = FCNBackbone(found.backbone_filters, found.fc_units, geometry="caffe")
         for layer in backbone.layers:
