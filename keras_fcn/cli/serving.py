@@ -222,6 +222,11 @@ def add_serve(verbs) -> None:
     # Flags also accept tensorflow_model_server's spelling (--model_base_path, --rest_api_port, ...).
     parser = verbs.add_parser("serve", help="serve SavedModels over TF Serving's gRPC and REST APIs")
     parser.add_argument("--model-base-path", "--model_base_path", dest="model_base_path")
+    parser.add_argument(
+        "--model",
+        help="instead of --model-base-path: " + MODEL_HELP + ", exported with its class names as version 1 into a "
+        "temporary base path and served from there",
+    )
     parser.add_argument("--model-name", "--model_name", dest="model_name", default="default")
     parser.add_argument("--model-config-file", "--model_config_file", dest="model_config_file")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
@@ -302,18 +307,41 @@ def add_serve(verbs) -> None:
     parser.set_defaults(run=_run_serve)
 
 
+def _export_to_temporary_base_path(model_path: str) -> str:
+    """`keras-fcn export` of a .keras file or a preset into a temporary base path, removed when the server exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from keras_fcn.export import export_saved_model
+
+    model = load_model(model_path)
+    names = class_names_for(model_path, None, int(model.output_shape[-1]))
+    base_path = tempfile.mkdtemp(prefix="keras-fcn-serve-")
+    atexit.register(shutil.rmtree, base_path, ignore_errors=True)
+    try:
+        export_saved_model(model, base_path, version=1, class_names=names, verbose=False)
+    except (ValueError, OSError) as error:
+        raise CommandError(f"Cannot export {model_path}: {error}") from None
+    return base_path
+
+
 def _run_serve(args) -> int:
     import logging
     import signal
     import threading
 
-    if not args.model_config_file and not args.model_base_path:
-        raise CommandError("give --model-base-path (with --model-name) or --model-config-file")
+    if getattr(args, "model", None) and (args.model_base_path or args.model_config_file):
+        raise CommandError("--model serves one model: give it instead of --model-base-path or --model-config-file")
+    if not args.model_config_file and not args.model_base_path and not getattr(args, "model", None):
+        raise CommandError("give --model-base-path (with --model-name), --model or --model-config-file")
     if args.batching_parameters_file and not args.enable_batching:
         raise CommandError("--batching-parameters-file needs --enable-batching")
     if args.config_poll_seconds and not args.model_config_file:
         raise CommandError("--model-config-file-poll-wait-seconds needs --model-config-file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if getattr(args, "model", None):  # after the logging set-up: loading the model imports TensorFlow
+        args.model_base_path = _export_to_temporary_base_path(args.model)
     from keras_fcn.serving.server import ModelServer
 
     try:
