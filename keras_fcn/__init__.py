@@ -109,6 +109,16 @@ def _register_hub_objects() -> None:
         importlib.import_module(module)
 
 
+def _register_hub_objects_after_import() -> None:
+    """The hook's registration: a failure must not break the user's `import keras_hub`, so it is a warning."""
+    try:
+        _register_hub_objects()
+    except Exception as error:  # noqa: BLE001 - whatever it is, keras-hub itself imported fine
+        import warnings
+
+        warnings.warn(f"keras_fcn could not register its keras-hub classes: {error!r}", stacklevel=2)
+
+
 def _fully_imported(name: str) -> bool:
     module = sys.modules.get(name)
     return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
@@ -177,4 +187,4 @@ elif not _hooked("keras"):
 if _fully_imported("keras_hub"):
     _register_hub_objects()
 elif not _hooked("keras_hub"):
-    sys.meta_path.insert(0, _KerasImportHook("keras_hub", _register_hub_objects))
+    sys.meta_path.insert(0, _KerasImportHook("keras_hub", _register_hub_objects_after_import))

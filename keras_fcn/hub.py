@@ -30,7 +30,6 @@ except ImportError as error:  # pragma: no cover - the message is the point
 import keras
 
 from keras_fcn.backbone import check_filters
-from keras_fcn.labels import voc_palette
 from keras_fcn.layers import CaffePreprocessing
 from keras_fcn.metrics import SegmentationLoss
 from keras_fcn.models import AT_ONCE_POOL3_SCALE, AT_ONCE_POOL4_SCALE, build_fcn, fcn_features, fcn_head
@@ -190,7 +189,7 @@ class FCNImageSegmenter(keras_hub.models.ImageSegmenter):
         variant: one of `keras_fcn.VARIANTS`.
         learn_final_upsampling: make the final upsampling trainable (fixed bilinear by default).
         class_names: the name of each class, in output order (saved with the preset), or None.
-        palette: an RGB colour `[r, g, b]` per class for drawing masks, or None for PASCAL VOC's colours.
+        palette: an RGB colour `[r, g, b]` per class for drawing masks, saved with the preset, or None.
         preprocessor: an `FCNImageSegmenterPreprocessor`, or None.
 
     Example:
@@ -264,14 +263,6 @@ class FCNImageSegmenter(keras_hub.models.ImageSegmenter):
             ValueError: an unknown name, or a preset of another model (its class is named).
         """
         return super().from_preset(_resolve(preset, load_weights), load_weights=load_weights, **kwargs)
-
-    def colours(self):
-        """The RGB colour of each class: `palette`, or PASCAL VOC's colours."""
-        import numpy as np
-
-        if self.palette is not None:
-            return np.asarray(self.palette, dtype="uint8")
-        return voc_palette(max(self.num_classes, 256))
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
         """keras-hub's defaults, except the loss: per-pixel softmax cross-entropy on sparse labels, ignoring 255."""
