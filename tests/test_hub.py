@@ -103,6 +103,11 @@ def test_bad_arguments_name_the_value():
         hub.FCNBackbone(geometry="valid")
 
 
+def test_handles_pass_through_to_keras_hub():
+    for handle in ("kaggle://org/fcn/keras/fcn8s_voc/2", "hf://org/fcn8s_voc"):
+        assert presets.is_preset(handle) and presets.preset_path(handle) == handle
+
+
 def test_bad_presets_are_refused_naming_the_problem(tmp_path, capsys):
     with pytest.raises(ValueError, match="Received: preset='fcn9s_voc'"):
         keras_fcn.FCNImageSegmenter.from_preset("fcn9s_voc")
@@ -228,6 +233,10 @@ def test_cli_convert_model_then_predict_draws_what_the_keras_file_draws(tmp_path
         np.testing.assert_array_equal(a, b)
     with open(tmp_path / "P" / "task.json", encoding="utf-8") as handle:
         assert json.load(handle)["config"]["class_names"] == ["sky", "tree", "road"]
+    # train --init-from takes the preset: its layers start a new model.
+    started = keras_fcn.build_fcn("fcn8s", 3, init_from=load_init_from(str(tmp_path / "P")), **TINY)
+    for name in ("block3_conv2", "fc6", "score_pool3", "upscore8"):
+        np.testing.assert_array_equal(started.get_layer(name).get_weights()[0], model.get_layer(name).get_weights()[0])
 
 
 def test_keras_hub_finds_the_classes_after_import_keras_fcn(tmp_path):
