@@ -19,6 +19,7 @@ This module needs keras-hub (`pip install keras_fcn[hub]`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 try:
@@ -260,9 +261,17 @@ class FCNImageSegmenter(keras_hub.models.ImageSegmenter):
         A backbone-only preset (`vgg16_ilsvrc`) needs `num_classes=` (and `variant=`): a new head.
 
         Raises:
-            ValueError: an unknown name, or a preset of another model (its class is named).
+            ValueError: an unknown name, a preset of another model (its class is named), or a backbone-only
+                preset without `num_classes`.
         """
-        return super().from_preset(_resolve(preset, load_weights), load_weights=load_weights, **kwargs)
+        local = _resolve(preset, load_weights)
+        backbone_only = "://" not in local and not os.path.isfile(os.path.join(local, "task.json"))
+        if backbone_only and "num_classes" not in kwargs:
+            raise ValueError(
+                "The preset holds a backbone only (no task.json): pass num_classes= (and variant=) for a new "
+                f"head. Received: preset={preset!r}"
+            )
+        return super().from_preset(local, load_weights=load_weights, **kwargs)
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto", **kwargs):
         """keras-hub's defaults, except the loss: per-pixel softmax cross-entropy on sparse labels, ignoring 255."""

@@ -200,6 +200,8 @@ def test_vgg16_backbone_preset_starts_a_new_head(tmp_path):
     classifier = load_caffemodel(caffemodel)
     presets.caffemodel_to_preset(caffemodel, tmp_path / "vgg", verbose=False)
     assert "task.json" not in os.listdir(tmp_path / "vgg")
+    with pytest.raises(ValueError, match="num_classes=.*Received: preset="):
+        keras_fcn.FCNImageSegmenter.from_preset(str(tmp_path / "vgg"))
     segmenter = keras_fcn.FCNImageSegmenter.from_preset(str(tmp_path / "vgg"), num_classes=5, variant="fcn32s")
     assert segmenter.preprocessor.image_converter.mean == classifier.get_layer("preprocess").mean
     for name in ("block1_conv1", "block5_conv3", "fc6", "fc7"):
