@@ -43,8 +43,10 @@ def _functional(variant, geometry, classes=3, seed=0):
     return randomize_heads(he_init(model, seed), seed)
 
 
-@pytest.mark.parametrize("variant, geometry", [("fcn8s", "aligned"), ("fcn16s", "caffe")])
-def test_preset_round_trip_equals_the_functional_model(tmp_path, variant, geometry):
+def test_preset_round_trip_equals_the_functional_model(tmp_path):
+    # The Caffe geometry: crops derived through the backbone's layers. (The aligned fcn8s goes through the same
+    # path in test_cli_convert_model_then_predict_draws_what_the_keras_file_draws.)
+    variant, geometry = "fcn16s", "caffe"
     model = _functional(variant, geometry)
     image = _image()
     expected = to_numpy(model(image))
