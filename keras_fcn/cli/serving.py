@@ -307,25 +307,6 @@ def add_serve(verbs) -> None:
     parser.set_defaults(run=_run_serve)
 
 
-def _export_to_temporary_base_path(model_path: str) -> str:
-    """`keras-fcn export` of a .keras file or a preset into a temporary base path, removed when the server exits."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from keras_fcn.export import export_saved_model
-
-    model = load_model(model_path)
-    names = class_names_for(model_path, None, int(model.output_shape[-1]))
-    base_path = tempfile.mkdtemp(prefix="keras-fcn-serve-")
-    atexit.register(shutil.rmtree, base_path, ignore_errors=True)
-    try:
-        export_saved_model(model, base_path, version=1, class_names=names, verbose=False)
-    except (ValueError, OSError) as error:
-        raise CommandError(f"Cannot export {model_path}: {error}") from None
-    return base_path
-
-
 def _run_serve(args) -> int:
     import logging
     import signal
@@ -379,6 +360,25 @@ def _run_serve(args) -> int:
     logging.getLogger("keras_fcn.serving").info("Shutting down")
     server.stop(args.shutdown_grace_seconds)
     return 0
+
+
+def _export_to_temporary_base_path(model_path: str) -> str:
+    """`keras-fcn export` of a .keras file or a preset into a temporary base path, removed when the server exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from keras_fcn.export import export_saved_model
+
+    model = load_model(model_path)
+    names = class_names_for(model_path, None, int(model.output_shape[-1]))
+    base_path = tempfile.mkdtemp(prefix="keras-fcn-serve-")
+    atexit.register(shutil.rmtree, base_path, ignore_errors=True)
+    try:
+        export_saved_model(model, base_path, version=1, class_names=names, verbose=False)
+    except (ValueError, OSError) as error:
+        raise CommandError(f"Cannot export {model_path}: {error}") from None
+    return base_path
 
 
 def add_query(verbs) -> None:
