@@ -29,7 +29,10 @@ def load_model(path: str):
     if is_preset(path):
         return _load_preset(path)
     if not os.path.exists(path):
-        raise CommandError(f"Model file not found: {path}")
+        raise CommandError(
+            f"Model file not found: {path} (--model takes a .keras file, a preset folder, kaggle://, hf:// or a "
+            "built-in preset name: keras_fcn.presets.BUILTIN_PRESETS)"
+        )
     try:
         return keras.saving.load_model(path, compile=False)
     except (ValueError, OSError) as error:
