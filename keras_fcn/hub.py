@@ -29,6 +29,7 @@ except ImportError as error:  # pragma: no cover - the message is the point
         "keras_fcn's presets and keras-hub classes need keras-hub: pip install 'keras_fcn[hub]'"
     ) from error
 import keras
+import numpy as np
 
 from keras_fcn.backbone import check_filters
 from keras_fcn.layers import CaffePreprocessing
@@ -367,8 +368,13 @@ def from_functional(
     if preprocess is None:
         raise ValueError(f"Expected a CaffePreprocessing layer (raw RGB input). Received: model={model.name!r}")
     if variant == "fcn8s_at_once":
+        # An imported at-once net holds the Scale blobs' float32 values (0.01 is 0.0099999998): equal within
+        # float32 rounding is the reference's constant.
         scales = (get("scale_pool4").scale, get("scale_pool3").scale)
-        if scales != (AT_ONCE_POOL4_SCALE, AT_ONCE_POOL3_SCALE):
+        if not all(
+            np.allclose(np.asarray(scale, "float64"), default, rtol=1e-6, atol=0)
+            for scale, default in zip(scales, (AT_ONCE_POOL4_SCALE, AT_ONCE_POOL3_SCALE), strict=True)
+        ):
             raise ValueError(
                 f"Expected the at-once skip scales ({AT_ONCE_POOL4_SCALE}, {AT_ONCE_POOL3_SCALE}). "
                 f"Received: scales={scales}"

@@ -260,3 +260,14 @@ def test_keras_hub_finds_the_classes_after_import_keras_fcn(tmp_path):
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines()[-1] == "keras_fcn.hub FCNImageSegmenter ['a', 'b', 'c']"
+
+
+def test_at_once_caffemodel_with_the_references_scales_becomes_a_preset(tmp_path):
+    """The at-once net's Scale blobs hold float32 0.01 and 0.0001 (not Python's 0.01): still the reference's."""
+    _, caffemodel = caffe_nets.fcn_net("fcn8s", 21, at_once=True, scales=(0.01, 0.0001)).write(str(tmp_path), (32, 32))
+    presets.caffemodel_to_preset(caffemodel, tmp_path / "atonce", verbose=False)
+    segmenter = keras_fcn.FCNImageSegmenter.from_preset(str(tmp_path / "atonce"))
+    assert segmenter.variant == "fcn8s_at_once"
+    image = _image()
+    expected = to_numpy(load_caffemodel(caffemodel)(image))
+    np.testing.assert_allclose(presets.segment(segmenter, image), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
