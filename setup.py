@@ -48,11 +48,17 @@ setup(
         # keras-fcn export --format onnx / litert: the file's library or converter, and the runtime that checks it
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
         "litert": ["ai-edge-litert>=1.2"],
+        # keras-hub presets and classes (keras_fcn.hub, keras_fcn.presets, --preset-dir): optional, as keras-hub
+        # brings tensorflow-text, tokenizers, kagglehub and huggingface_hub, which nothing else here needs.
+        "hub": ["keras-hub>=0.32", "huggingface_hub>=0.20"],  # hf:// handles need huggingface_hub
         "dev": [
             # both export formats are tested
             "onnx>=1.16",
             "onnxruntime>=1.18",
             "ai-edge-litert>=1.2",
+            # the presets are tested
+            "keras-hub>=0.32",
+            "huggingface_hub>=0.20",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "pyyaml>=6",

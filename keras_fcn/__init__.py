@@ -49,11 +49,21 @@ _EXPORTS = {
     "predict_masks": "keras_fcn.predict",
     "with_precision": "keras_fcn.precision",
     "export_saved_model": "keras_fcn.export",
+    # keras-hub's shape and presets (the `hub` extra)
+    "FCNBackbone": "keras_fcn.hub",
+    "FCNImageConverter": "keras_fcn.hub",
+    "FCNImageSegmenter": "keras_fcn.hub",
+    "FCNImageSegmenterPreprocessor": "keras_fcn.hub",
+    "load_preset": "keras_fcn.presets",
+    "preset_path": "keras_fcn.presets",
 }
 # Subpackages reachable as attributes (`keras_fcn.data.voc(...)`).
 _SUBMODULES = ("data", "metrics", "serving")
 # Modules whose import registers Keras objects (`keras.saving.register_keras_serializable`).
 _REGISTERING = ("keras_fcn.layers", "keras_fcn.gemm_conv", "keras_fcn.metrics", "keras_fcn.optimizers")
+# Registered once keras-hub itself is imported (by whoever imports it), so that
+# `keras_hub.models.ImageSegmenter.from_preset(dir)` finds the FCN classes; keras-hub is optional.
+_REGISTERING_WITH_HUB = ("keras_fcn.hub",)
 
 __all__ = sorted([*_EXPORTS, *_SUBMODULES, "register_keras_objects"])
 
@@ -74,7 +84,8 @@ def __dir__() -> list[str]:
 
 
 def register_keras_objects() -> None:
-    """Registers the package's Keras objects (layers, metrics, loss, optimizer) with Keras.
+    """Registers the package's Keras objects (layers, metrics, loss, optimizer; with keras-hub imported, the
+    `FCNImageSegmenter` classes too) with Keras.
 
     `import keras_fcn` arranges this by itself: at once when Keras is already imported, else as soon as Keras
     is (whoever imports it: the user, TensorFlow's `tf.keras`, a library). Calling it again costs nothing; it
@@ -89,10 +100,32 @@ def register_keras_objects() -> None:
     """
     for module in _REGISTERING:
         importlib.import_module(module)
+    if _fully_imported("keras_hub"):
+        _register_hub_objects()
+
+
+def _register_hub_objects() -> None:
+    for module in _REGISTERING_WITH_HUB:
+        importlib.import_module(module)
+
+
+def _register_hub_objects_after_import() -> None:
+    """The hook's registration: a failure must not break the user's `import keras_hub`, so it is a warning."""
+    try:
+        _register_hub_objects()
+    except Exception as error:  # noqa: BLE001 - whatever it is, keras-hub itself imported fine
+        import warnings
+
+        warnings.warn(f"keras_fcn could not register its keras-hub classes: {error!r}", stacklevel=2)
+
+
+def _fully_imported(name: str) -> bool:
+    module = sys.modules.get(name)
+    return module is not None and not getattr(getattr(module, "__spec__", None), "_initializing", False)
 
 
 class _RegisterAfterKeras(importlib.abc.Loader):
-    """Runs Keras's own loader, then registers this package's Keras objects."""
+    """Runs a module's own loader (Keras's, keras-hub's), then registers this package's objects."""
 
     def __init__(self, loader, hook: _KerasImportHook):
         self._loader = loader
@@ -104,22 +137,26 @@ class _RegisterAfterKeras(importlib.abc.Loader):
     def exec_module(self, module) -> None:
         self._loader.exec_module(module)
         self._hook.remove()
-        register_keras_objects()
+        self._hook.register()
 
     def __getattr__(self, name):  # resource readers and the like: Keras's loader's own
         return getattr(self._loader, name)
 
 
 class _KerasImportHook(importlib.abc.MetaPathFinder):
-    """Stays first on `sys.meta_path` until Keras is executed, then registers the package's objects.
+    """Stays first on `sys.meta_path` until Keras (or `name`) is executed, then calls `register`.
 
     It must outlive look-ups that import nothing: TensorFlow's own import asks
     `importlib.util.find_spec("keras")` several times without importing Keras, so a hook that retired at
     the first look-up never saw the import that followed.
     """
 
+    def __init__(self, name: str = "keras", register=register_keras_objects):
+        self.name = name
+        self.register = register
+
     def find_spec(self, fullname, path, target=None):
-        if fullname != "keras":
+        if fullname != self.name:
             return None
         # The spec the other finders give (this one left out, so the search does not come back here).
         for finder in sys.meta_path:
@@ -139,7 +176,15 @@ class _KerasImportHook(importlib.abc.MetaPathFinder):
             sys.meta_path.remove(self)
 
 
+def _hooked(name: str) -> bool:
+    return any(isinstance(finder, _KerasImportHook) and finder.name == name for finder in sys.meta_path)
+
+
 if "keras" in sys.modules:
     register_keras_objects()
-elif not any(isinstance(finder, _KerasImportHook) for finder in sys.meta_path):
+elif not _hooked("keras"):
     sys.meta_path.insert(0, _KerasImportHook())
+if _fully_imported("keras_hub"):
+    _register_hub_objects()
+elif not _hooked("keras_hub"):
+    sys.meta_path.insert(0, _KerasImportHook("keras_hub", _register_hub_objects_after_import))

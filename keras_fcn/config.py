@@ -50,7 +50,7 @@ class TrainConfig:
         False, "make the final upsampling trainable (fixed bilinear by default, as the reference)"
     )
     fixed_upsampling: bool = knob(False, "every upsampling fixed bilinear, as the reference's nets (lr_mult=0)")
-    init_from: str | None = knob(None, "a .keras model whose layers are copied by name (32s → 16s → 8s)")
+    init_from: str | None = knob(None, "a .keras model or a preset whose layers are copied by name (32s → 16s → 8s)")
     # --- data (see keras_fcn.data.from_spec) --------------------------------------------------------
     train_data: str = knob("synthetic", 'e.g. "sbd:/data/benchmark_RELEASE/dataset"')
     train_split: str = knob("train", "the training split of train_data")

@@ -120,6 +120,71 @@ class _Head:
         return keras.layers.Add(name=name)([upsampled, skip_scores])
 
 
+def fcn_features(
+    preprocessed: keras.KerasTensor,
+    backbone_filters: Sequence[int],
+    fc_units: int,
+    geometry: str,
+    dropout: float,
+) -> tuple[dict[str, keras.KerasTensor], keras.KerasTensor]:
+    """The VGG16 stem and fc6/fc7 as convolutions, on preprocessed (BGR, mean-subtracted) images.
+
+    Returns:
+        The pooled maps by the reference's names ("pool1" … "pool5") and drop7's output `(N, H/32, W/32, fc_units)`.
+    """
+    x = preprocessed
+    if geometry == "aligned":
+        x = PadToMultiple(STRIDE, name="pad_to_stride")(x)  # (N, 32*ceil(H/32), 32*ceil(W/32), 3)
+    pools = vgg16_features(x, backbone_filters, geometry)
+    # A 7x7 convolution over a small map: patches x kernel matrix (one GEMM) is several times faster
+    # than the direct convolution; same weights and config as a Conv2D.
+    x = GEMMConv2D(
+        fc_units, 7, padding="same" if geometry == "aligned" else "valid", activation="relu", name="fc6"
+    )(pools["pool5"])  # (N, H/32, W/32, 4096)
+    x = keras.layers.Dropout(dropout, name="drop6")(x)
+    x = keras.layers.Conv2D(fc_units, 1, activation="relu", name="fc7")(x)
+    x = keras.layers.Dropout(dropout, name="drop7")(x)
+    return pools, x
+
+
+def fcn_head(
+    variant: str,
+    num_classes: int,
+    images: keras.KerasTensor,
+    pools: dict[str, keras.KerasTensor],
+    features: keras.KerasTensor,
+    geometry: str,
+    learn_final_upsampling: bool = False,
+) -> keras.KerasTensor:
+    """The score, upsampling and skip layers of `variant` on `fcn_features`' outputs.
+
+    `images` is the graph's input: the crops are derived from the layers between it and each map, and the
+    output is cropped to its height and width.
+
+    Returns:
+        The `score` layer's float32 logits `(N, H, W, num_classes)`.
+    """
+    head = _Head(num_classes, geometry, images)
+    scores = head.score(features, "score_fr")  # (N, H/32, W/32, C)
+    if variant == "fcn32s":
+        upscored = head.upsample(scores, 32, "upscore", trainable=learn_final_upsampling)
+    else:
+        pool4, pool3 = pools["pool4"], pools["pool3"]
+        if variant == "fcn8s_at_once":
+            pool4 = keras.layers.Rescaling(AT_ONCE_POOL4_SCALE, name="scale_pool4")(pool4)
+            pool3 = keras.layers.Rescaling(AT_ONCE_POOL3_SCALE, name="scale_pool3")(pool3)
+        upscored = head.upsample(scores, 2, "upscore2")  # (N, H/16, W/16, C)
+        fused = head.fuse(upscored, head.score(pool4, "score_pool4"), "fuse_pool4", "score_pool4c")
+        if variant == "fcn16s":
+            upscored = head.upsample(fused, 16, "upscore16", trainable=learn_final_upsampling)
+        else:
+            upscored = head.upsample(fused, 2, "upscore_pool4")  # (N, H/8, W/8, C)
+            fused = head.fuse(upscored, head.score(pool3, "score_pool3"), "fuse_pool3", "score_pool3c")
+            upscored = head.upsample(fused, 8, "upscore8", trainable=learn_final_upsampling)
+    # Logits stay float32 under a mixed-precision policy: losses and argmax need the range.
+    return head.crop(upscored, images, name="score", dtype="float32")  # (N, H, W, C)
+
+
 def build_fcn(
     variant: str,
     num_classes: int = 21,
@@ -156,37 +221,8 @@ def build_fcn(
 
     images = keras.Input((None, None, 3), name="images")  # RGB, 0..255; uint8 arrays are cast
     x = CaffePreprocessing(mean, name="preprocess")(images)
-    if geometry == "aligned":
-        x = PadToMultiple(STRIDE, name="pad_to_stride")(x)  # (N, 32*ceil(H/32), 32*ceil(W/32), 3)
-    pools = vgg16_features(x, backbone_filters, geometry)
-    # A 7x7 convolution over a small map: patches x kernel matrix (one GEMM) is several times faster
-    # than the direct convolution; same weights and config as a Conv2D.
-    x = GEMMConv2D(
-        fc_units, 7, padding="same" if geometry == "aligned" else "valid", activation="relu", name="fc6"
-    )(pools["pool5"])  # (N, H/32, W/32, 4096)
-    x = keras.layers.Dropout(dropout, name="drop6")(x)
-    x = keras.layers.Conv2D(fc_units, 1, activation="relu", name="fc7")(x)
-    x = keras.layers.Dropout(dropout, name="drop7")(x)
-
-    head = _Head(num_classes, geometry, images)
-    scores = head.score(x, "score_fr")  # (N, H/32, W/32, C)
-    if variant == "fcn32s":
-        upscored = head.upsample(scores, 32, "upscore", trainable=learn_final_upsampling)
-    else:
-        pool4, pool3 = pools["pool4"], pools["pool3"]
-        if variant == "fcn8s_at_once":
-            pool4 = keras.layers.Rescaling(AT_ONCE_POOL4_SCALE, name="scale_pool4")(pool4)
-            pool3 = keras.layers.Rescaling(AT_ONCE_POOL3_SCALE, name="scale_pool3")(pool3)
-        upscored = head.upsample(scores, 2, "upscore2")  # (N, H/16, W/16, C)
-        fused = head.fuse(upscored, head.score(pool4, "score_pool4"), "fuse_pool4", "score_pool4c")
-        if variant == "fcn16s":
-            upscored = head.upsample(fused, 16, "upscore16", trainable=learn_final_upsampling)
-        else:
-            upscored = head.upsample(fused, 2, "upscore_pool4")  # (N, H/8, W/8, C)
-            fused = head.fuse(upscored, head.score(pool3, "score_pool3"), "fuse_pool3", "score_pool3c")
-            upscored = head.upsample(fused, 8, "upscore8", trainable=learn_final_upsampling)
-    # Logits stay float32 under a mixed-precision policy: losses and argmax need the range.
-    logits = head.crop(upscored, images, name="score", dtype="float32")  # (N, H, W, C)
+    pools, features = fcn_features(x, backbone_filters, fc_units, geometry, dropout)
+    logits = fcn_head(variant, num_classes, images, pools, features, geometry, learn_final_upsampling)
     model = keras.Model(images, logits, name=name or variant)
 
     if backbone_weights is not None:

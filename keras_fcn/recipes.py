@@ -217,11 +217,13 @@ def train_recipe(name: str, config: TrainConfig | None = None, **overrides) -> R
     """
     from keras_fcn.data import data_errors, from_spec
     from keras_fcn.evaluation import evaluate
+    from keras_fcn.presets import is_preset
     from keras_fcn.training import train
 
     recipe = get_recipe(name)
     config = dataclasses.replace(config, **overrides) if config else recipe_config(name, **overrides)
-    if recipe.starts_from and config.init_from and not os.path.isfile(config.init_from):
+    init_exists = config.init_from and (os.path.isfile(config.init_from) or is_preset(config.init_from))
+    if recipe.starts_from and config.init_from and not init_exists:
         raise ValueError(
             f"Recipe {name} starts from a trained model of recipe {recipe.starts_from}: train it first "
             f"(keras-fcn train --recipe {recipe.starts_from}) or give its final.keras as init_from "

@@ -6,23 +6,50 @@ import argparse
 import os
 import sys
 
+# --model's help: every verb that loads a model takes a preset as well.
+MODEL_HELP = "a .keras model or a preset: a folder, a built-in name (fcn8s_voc, ...), kaggle://..., hf://..."
+
 
 class CommandError(Exception):
     """An error the user can fix; printed as one line and exit code 2, without a traceback."""
 
 
+# The class names of the presets loaded by `load_model`, by the text given to --model.
+_PRESET_CLASS_NAMES: dict[str, list[str] | None] = {}
+
+
 def load_model(path: str):
+    """A `.keras` file, or a preset (folder, built-in name, kaggle:// or hf:// handle) as its functional model."""
     import keras
 
     import keras_fcn
+    from keras_fcn.presets import is_preset
 
     keras_fcn.register_keras_objects()  # stated, not left to the import hook: the model needs them
+    if is_preset(path):
+        return _load_preset(path)
     if not os.path.exists(path):
-        raise CommandError(f"Model file not found: {path}")
+        raise CommandError(
+            f"Model file not found: {path} (--model takes a .keras file, a preset folder, kaggle://, hf:// or a "
+            "built-in preset name: keras_fcn.presets.BUILTIN_PRESETS)"
+        )
     try:
         return keras.saving.load_model(path, compile=False)
     except (ValueError, OSError) as error:
         raise CommandError(f"Cannot load model {path}: {error}") from None
+
+
+def _load_preset(preset: str):
+    try:
+        from keras_fcn.presets import load_functional
+
+        model, names = load_functional(preset)
+    except ImportError as error:
+        raise CommandError(str(error)) from None
+    except (ValueError, OSError) as error:
+        raise CommandError(f"Cannot load preset {preset}: {error}") from None
+    _PRESET_CLASS_NAMES[preset] = names
+    return model
 
 
 def add_precision_flag(parser: argparse.ArgumentParser) -> None:
@@ -53,6 +80,10 @@ def low_precision(model) -> bool:
 def class_names_for(model_path: str, given: str | None, num_classes: int):
     if given:
         names = [name.strip() for name in given.split(",")]
+    elif model_path in _PRESET_CLASS_NAMES:  # a preset carries its class names
+        names = _PRESET_CLASS_NAMES[model_path]
+        if names is None:
+            return None
     else:
         # NAME.classes.txt beside NAME.keras (written by `convert --caffemodel`), else the run's classes.txt.
         listed = os.path.splitext(os.path.abspath(model_path))[0] + ".classes.txt"

@@ -10,6 +10,7 @@ import sys
 import time
 
 from keras_fcn.cli.common import (
+    MODEL_HELP,
     CommandError,
     add_precision_flag,
     add_tile_flags,
@@ -32,7 +33,7 @@ def add_export(verbs) -> None:
         description="Every format takes uint8 RGB images (N, H, W, 3) of any size and answers class_ids "
         "(N, H, W) and probabilities (N, H, W, C); each is checked against the model before it is put in place.",
     )
-    parser.add_argument("--model", required=True, help="the trained model, a .keras file")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument(
         "--output", required=True, metavar="PATH",
         help="saved_model: the model base path (PATH/<version>/); onnx: a .onnx file; litert: a .tflite file",
@@ -222,6 +223,11 @@ def add_serve(verbs) -> None:
     # Flags also accept tensorflow_model_server's spelling (--model_base_path, --rest_api_port, ...).
     parser = verbs.add_parser("serve", help="serve SavedModels over TF Serving's gRPC and REST APIs")
     parser.add_argument("--model-base-path", "--model_base_path", dest="model_base_path")
+    parser.add_argument(
+        "--model",
+        help="instead of --model-base-path: " + MODEL_HELP + ", exported with its class names as version 1 into a "
+        "temporary base path and served from there",
+    )
     parser.add_argument("--model-name", "--model_name", dest="model_name", default="default")
     parser.add_argument("--model-config-file", "--model_config_file", dest="model_config_file")
     parser.add_argument("--port", type=int, default=8500, help="gRPC port (0: any free port)")
@@ -326,13 +332,17 @@ def _run_serve(args) -> int:
     import signal
     import threading
 
-    if not args.model_config_file and not args.model_base_path:
-        raise CommandError("give --model-base-path (with --model-name) or --model-config-file")
+    if getattr(args, "model", None) and (args.model_base_path or args.model_config_file):
+        raise CommandError("--model serves one model: give it instead of --model-base-path or --model-config-file")
+    if not args.model_config_file and not args.model_base_path and not getattr(args, "model", None):
+        raise CommandError("give --model-base-path (with --model-name), --model or --model-config-file")
     if args.batching_parameters_file and not args.enable_batching:
         raise CommandError("--batching-parameters-file needs --enable-batching")
     if args.config_poll_seconds and not args.model_config_file:
         raise CommandError("--model-config-file-poll-wait-seconds needs --model-config-file")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if getattr(args, "model", None):  # after the logging set-up: loading the model imports TensorFlow
+        args.model_base_path = _export_to_temporary_base_path(args.model)
     from keras_fcn.serving.server import ModelServer
 
     try:
@@ -372,6 +382,25 @@ def _run_serve(args) -> int:
     logging.getLogger("keras_fcn.serving").info("Shutting down")
     server.stop(args.shutdown_grace_seconds)
     return 0
+
+
+def _export_to_temporary_base_path(model_path: str) -> str:
+    """`keras-fcn export` of a .keras file or a preset into a temporary base path, removed when the server exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from keras_fcn.export import export_saved_model
+
+    model = load_model(model_path)
+    names = class_names_for(model_path, None, int(model.output_shape[-1]))
+    base_path = tempfile.mkdtemp(prefix="keras-fcn-serve-")
+    atexit.register(shutil.rmtree, base_path, ignore_errors=True)
+    try:
+        export_saved_model(model, base_path, version=1, class_names=names, verbose=False)
+    except (ValueError, OSError) as error:
+        raise CommandError(f"Cannot export {model_path}: {error}") from None
+    return base_path
 
 
 def add_query(verbs) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from keras_fcn.cli.common import (
+    MODEL_HELP,
     CommandError,
     add_precision_flag,
     add_tiling_flags,
@@ -151,7 +152,7 @@ def add_evaluate(verbs) -> None:
         description="Evaluate a model at each image's full resolution and print the paper's four metrics "
         "and a per-class IU table.",
     )
-    parser.add_argument("--model", required=True, help="a .keras model")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("--data", required=True, help="data spec, e.g. voc:VOCdevkit/VOC2012 or synthetic:100")
     parser.add_argument("--split", default="val", help="split (voc: also seg11valid); default: val")
     parser.add_argument("--limit", type=int, help="evaluate only the first N images")
@@ -202,7 +203,7 @@ def add_predict(verbs) -> None:
         "NAME.classes.txt beside NAME.keras (written by `keras-fcn convert --caffemodel`) or classes.txt beside "
         "the model (written by `keras-fcn train`).",
     )
-    parser.add_argument("--model", required=True, help="a .keras model")
+    parser.add_argument("--model", required=True, help=MODEL_HELP)
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     parser.add_argument("--output", required=True, help="output folder")
     parser.add_argument("--class-names", help="comma-separated class names for the legend")

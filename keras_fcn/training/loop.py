@@ -113,13 +113,24 @@ def build_model(config: TrainConfig, num_classes: int, backbone_weights: str | N
     if config.fc_units is not None:
         kwargs["fc_units"] = config.fc_units
     if config.init_from:
-        kwargs["init_from"] = keras.saving.load_model(config.init_from, compile=False)
+        kwargs["init_from"] = load_init_from(config.init_from)
     model = build_fcn(config.variant, num_classes, **kwargs)
     if config.fixed_upsampling:
         for layer in model.layers:
             if isinstance(layer, keras.layers.Conv2DTranspose):
                 layer.trainable = False  # the reference's Deconvolution layers: lr_mult=0
     return model
+
+
+def load_init_from(path: str) -> keras.Model:
+    """The model `init_from` names: a `.keras` file, or a preset (folder, built-in name, kaggle:// or hf://)."""
+    from keras_fcn.presets import is_preset
+
+    if is_preset(path):
+        from keras_fcn.presets import load_layers
+
+        return load_layers(path)
+    return keras.saving.load_model(path, compile=False)
 
 
 def describe_backbone(config: TrainConfig) -> str:
