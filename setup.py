@@ -44,11 +44,16 @@ setup(
         # keras-fcn export --format onnx / litert: the file's library or converter, and the runtime that checks it
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
         "litert": ["ai-edge-litert>=1.2"],
+        # keras-fcn batch-predict / keras_fcn.beam: RunInference over the SavedModel; 2.70+ resolves with
+        # TensorFlow 2.21's protobuf. Dataflow workers also need Beam's [gcp] extra (see the README).
+        "beam": ["apache-beam>=2.70"],
         "dev": [
             # both export formats are tested
             "onnx>=1.16",
             "onnxruntime>=1.18",
             "ai-edge-litert>=1.2",
+            # batch-predict is tested with Beam's DirectRunner
+            "apache-beam>=2.70",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "pyyaml>=6",
