@@ -26,7 +26,7 @@ pytest.importorskip("apache_beam")
 import apache_beam as beam  # noqa: E402
 from apache_beam.options.pipeline_options import PipelineOptions  # noqa: E402
 
-from keras_fcn.beam import counts, segment_files  # noqa: E402
+from keras_fcn.beam import ImageExample, InferenceError, SavedModelHandler, counts, segment_files  # noqa: E402
 
 NUM_CLASSES = 5
 CAP = 48 * 64  # the export's pixel cap: big.png (80x96) is past it
@@ -189,6 +189,39 @@ def test_the_verb_names_the_extra_when_beam_is_missing(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert 'pip install "keras_fcn[beam]"' in result.stderr
+
+
+class StubRunner:
+    """Class ids = the red channel modulo 5; refuses a whole call holding an image whose first pixel is 255, as
+    `serve_png` refuses bytes it cannot decode."""
+
+    def __init__(self):
+        self.calls = []
+
+    def class_ids(self, examples):
+        import tensorflow as tf
+
+        self.calls.append([example.pixels.shape[:2] for example in examples])
+        if any(example.pixels[0, 0, 0] == 255 for example in examples):
+            raise tf.errors.InvalidArgumentError(None, None, "image_bytes must hold JPEG or PNG images")
+        return np.stack([example.pixels[..., 0].astype(np.int32) % 5 for example in examples])
+
+
+def test_batches_are_split_by_size_within_the_cap_and_a_refused_image_spares_the_others():
+    rng = np.random.default_rng(0)
+    shapes = [(8, 8), (6, 10), (8, 8), (8, 8), (6, 10)]
+    batch = [ImageExample(rng.integers(0, 255, (*shape, 3), dtype=np.uint8)) for shape in shapes]
+    batch[2].pixels[0, 0, 0] = 255  # refused
+    runner = StubRunner()
+    results = SavedModelHandler("unused", max_pixels=150).run_inference(batch, runner)
+    for call in runner.calls:
+        assert len(set(call)) == 1 and len(call) * call[0][0] * call[0][1] <= 150  # one size, within the cap
+    assert all(result.example is example for result, example in zip(results, batch, strict=True))  # in order
+    for index, result in enumerate(results):
+        if index == 2:
+            assert isinstance(result.inference, InferenceError) and "JPEG or PNG" in str(result.inference)
+        else:
+            np.testing.assert_array_equal(result.inference, batch[index].pixels[..., 0] % 5)
 
 
 def test_unknown_flags_are_still_refused_by_other_verbs(capsys):

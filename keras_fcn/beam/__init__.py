@@ -4,8 +4,8 @@
 pipeline (what `keras-fcn batch-predict` runs) to a Beam pipeline.
 """
 
-from keras_fcn.beam.handler import ImageExample, SavedModelHandler
+from keras_fcn.beam.handler import ImageExample, InferenceError, SavedModelHandler
 from keras_fcn.beam.pipeline import DEAD_LETTER, MANIFEST, counts, resolve_model_dir, segment_files
 
-__all__ = ["DEAD_LETTER", "MANIFEST", "ImageExample", "SavedModelHandler", "counts", "resolve_model_dir",
-           "segment_files"]  # fmt: skip
+__all__ = ["DEAD_LETTER", "MANIFEST", "ImageExample", "InferenceError", "SavedModelHandler", "counts",
+           "resolve_model_dir", "segment_files"]  # fmt: skip

@@ -38,6 +38,10 @@ class ImageExample(NamedTuple):
     data: bytes | None = None
 
 
+class InferenceError(Exception):
+    """In place of an image's class ids: why the signature refused that one image (its batch-mates are answered)."""
+
+
 def image_pixels(example: ImageExample) -> int:
     """The example's pixel count: its weight in a batch."""
     height, width = example.pixels.shape[:2]
@@ -150,8 +154,9 @@ class SavedModelHandler(ModelHandler[ImageExample, np.ndarray, SavedModelRunner]
                 results[index] = PredictionResult(batch[index], class_ids, self.model_dir)
         return results
 
-    def _predict_size(self, model: SavedModelRunner, examples: list[ImageExample]) -> list[np.ndarray]:
-        """Class ids of images of one size: in calls within the cap, or tiled past it."""
+    def _predict_size(self, model: SavedModelRunner, examples: list[ImageExample]) -> list:
+        """Class ids of images of one size: in calls within the cap, or tiled past it; an `InferenceError` in
+        place of an image the signature refuses."""
         import tensorflow as tf
 
         pixels = image_pixels(examples[0])
@@ -165,10 +170,14 @@ class SavedModelHandler(ModelHandler[ImageExample, np.ndarray, SavedModelRunner]
                 out.extend(model.class_ids(chunk))
             except tf.errors.InvalidArgumentError as error:
                 found = _LIMIT.search(str(error))
-                if not found or int(found.group(1)) >= self.max_pixels:
-                    raise
-                self.max_pixels = int(found.group(1))  # the export's own cap: retry within it
-                out.extend(self._predict_size(model, chunk))
+                if found and int(found.group(1)) < self.max_pixels:
+                    self.max_pixels = int(found.group(1))  # the export's own cap: retry within it
+                    out.extend(self._predict_size(model, chunk))
+                elif len(chunk) > 1:
+                    # One image the signature refuses (bytes it cannot decode) must not sink its batch-mates.
+                    out.extend(self._predict_size(model, [example])[0] for example in chunk)
+                else:
+                    out.append(InferenceError(f"the model refused the image: {error.message.strip()}"))
         return out
 
     def _tiled(self, model: SavedModelRunner, example: ImageExample) -> np.ndarray:

@@ -27,7 +27,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from PIL import Image
 
-from keras_fcn.beam.handler import ImageExample, SavedModelHandler
+from keras_fcn.beam.handler import ImageExample, InferenceError, SavedModelHandler
 from keras_fcn.export import ASSETS_EXTRA, CLASS_NAMES_FILE, SERVE_PNG, SERVING_DEFAULT
 
 MANIFEST = "manifest.jsonl"
@@ -173,6 +173,9 @@ class _Write(beam.DoFn):
         from keras_fcn.visualize import class_map_png, overlay
 
         path, result = element
+        if isinstance(result.inference, InferenceError):
+            yield beam.pvalue.TaggedOutput("failed", _failure(path, str(result.inference)))
+            return
         class_ids = np.asarray(result.inference)
         classes_png, overlay_png = output_paths(path, self.root, self.output_dir, self.overlay)
         try:
