@@ -5,7 +5,7 @@ pipeline (what `keras-fcn batch-predict` runs) to a Beam pipeline.
 """
 
 from keras_fcn.beam.handler import ImageExample, InferenceError, SavedModelHandler
-from keras_fcn.beam.pipeline import DEAD_LETTER, MANIFEST, counts, resolve_model_dir, segment_files
+from keras_fcn.beam.pipeline import DEAD_LETTER, MANIFEST, absolute_path, counts, resolve_model_dir, segment_files
 
-__all__ = ["DEAD_LETTER", "MANIFEST", "ImageExample", "InferenceError", "SavedModelHandler", "counts",
-           "resolve_model_dir", "segment_files"]  # fmt: skip
+__all__ = ["DEAD_LETTER", "MANIFEST", "ImageExample", "InferenceError", "SavedModelHandler", "absolute_path",
+           "counts", "resolve_model_dir", "segment_files"]  # fmt: skip

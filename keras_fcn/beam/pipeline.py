@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import posixpath
 import re
 import uuid
@@ -34,6 +35,12 @@ MANIFEST = "manifest.jsonl"
 DEAD_LETTER = "dead_letter.jsonl"
 _WILDCARD = re.compile(r"[*?\[]")
 _COUNTERS = ("written", "skipped", "failed")
+
+
+def absolute_path(path: str) -> str:
+    """`path` itself for a URL (`gs://...`), else the absolute local path: Beam matches a bare relative pattern
+    (`photo*.jpg`) against nothing, and workers may run in another folder."""
+    return path if "://" in path else os.path.abspath(path)
 
 
 def pattern_root(pattern: str) -> str:
@@ -223,7 +230,8 @@ def segment_files(
     Args:
         pipeline: the Beam pipeline to add the transforms to.
         model_dir: an exported SavedModel version folder (see `resolve_model_dir` for a base path).
-        pattern: files to segment, a Beam file pattern (`photos/*.jpg`, `gs://bucket/photos/**`).
+        pattern: files to segment, a Beam file pattern (`photos/*.jpg`, `gs://bucket/photos/**`); local paths
+            are made absolute, as are `model_dir` and `output_dir`.
         output_dir: where the outputs go (any Beam filesystem).
         signature: `serving_default` or `serve_png`.
         overlay: also write the overlays.
@@ -234,6 +242,7 @@ def segment_files(
     Returns:
         `{"manifest": PCollection of manifest lines (dicts), "failed": PCollection of the failed ones}`.
     """
+    model_dir, pattern, output_dir = (absolute_path(path) for path in (model_dir, pattern, output_dir))
     root = pattern_root(pattern)
     if class_names is None:
         class_names = read_class_names(model_dir)

@@ -54,16 +54,17 @@ def run_batch_predict(args) -> int:
         from apache_beam.options.pipeline_options import PipelineOptions
     except ImportError:
         raise CommandError(f"batch-predict needs Apache Beam: {BEAM_EXTRA}") from None
-    from keras_fcn.beam import counts, resolve_model_dir, segment_files
+    from keras_fcn.beam import absolute_path, counts, resolve_model_dir, segment_files
     from keras_fcn.export import DEFAULT_MAX_DECODED_PIXELS
 
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be at least 1. Received: {args.batch_size}")
     if args.tile_size is not None and args.tile_size < 32:
         raise CommandError(f"--tile-size must be at least 32. Received: {args.tile_size}")
+    model_dir, pattern, output = (absolute_path(path) for path in (args.model_dir, args.input, args.output))
     try:
-        model_dir = resolve_model_dir(args.model_dir)
-        if not FileSystems.match([args.input])[0].metadata_list:
+        model_dir = resolve_model_dir(model_dir)
+        if not FileSystems.match([pattern])[0].metadata_list:
             raise CommandError(f"no file matches --input {args.input}")
     except (ValueError, OSError) as error:  # BeamIOError is an OSError
         raise CommandError(str(error)) from None
@@ -75,13 +76,13 @@ def run_batch_predict(args) -> int:
     }
     options = PipelineOptions([f"--runner={args.runner}", *args.extra])
     with beam.Pipeline(options=options) as pipeline:
-        segment_files(pipeline, model_dir, args.input, args.output, signature=args.signature, overlay=args.overlay,
+        segment_files(pipeline, model_dir, pattern, output, signature=args.signature, overlay=args.overlay,
                       **handler_options)  # fmt: skip
     totals = counts(pipeline.result)
     if not args.quiet:
         print(
             f"{model_dir}: {totals['written']} written, {totals['skipped']} skipped (done before), "
-            f"{totals['failed']} failed (see {args.output}/dead_letter.jsonl)",
+            f"{totals['failed']} failed (see {FileSystems.join(output, 'dead_letter.jsonl')})",
             file=sys.stderr if totals["failed"] else sys.stdout,
         )
     return 0
