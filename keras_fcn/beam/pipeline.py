@@ -164,6 +164,10 @@ class _Read(beam.DoFn):
         except (DataError, OSError) as error:
             yield beam.pvalue.TaggedOutput("failed", _failure(path, str(error)))
             return
+        except Exception as error:  # noqa: BLE001 - a malformed file may break a decoder anywhere: its line, not the job
+            reason = f"Cannot read image file {path}: {type(error).__name__}: {error}"
+            yield beam.pvalue.TaggedOutput("failed", _failure(path, reason))
+            return
         # serve_png decodes JPEG and PNG itself; other formats reach it as a lossless PNG of Pillow's pixels.
         encoded = data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"\xff\xd8"
         sent = data if self.signature == SERVE_PNG and encoded else None
@@ -244,6 +248,7 @@ def segment_files(
     """
     model_dir, pattern, output_dir = (absolute_path(path) for path in (model_dir, pattern, output_dir))
     root = pattern_root(pattern)
+    output_prefix = output_dir.rstrip("/") + "/"
     if class_names is None:
         class_names = read_class_names(model_dir)
     handler = KeyedModelHandler(SavedModelHandler(model_dir, signature, **handler_options))
@@ -252,6 +257,8 @@ def segment_files(
         pipeline
         | "Pattern" >> beam.Create([pattern])
         | "Match" >> fileio.MatchAll()
+        # Not the outputs themselves, when the output folder lies under the pattern's (`photos/**` into photos/out/).
+        | "NotOutputs" >> beam.Filter(lambda metadata: not metadata.path.startswith(output_prefix))
         | "KeyByOutput"
         >> beam.Map(
             lambda metadata: (output_paths(metadata.path, root, output_dir, False)[0], metadata.path)
