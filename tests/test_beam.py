@@ -51,10 +51,8 @@ def world(tmp_path_factory):
         Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(inputs / name, quality=95)
     for name, data in BAD.items():
         (inputs / name).write_bytes(data)
-    expected = {}
-    for name in GOOD:
-        ((classes_png, _),) = predict_files(model, [str(inputs / name)], str(root / "predict" / name))
-        expected[name] = np.asarray(Image.open(classes_png))
+    written = predict_files(model, [str(inputs / name) for name in GOOD], str(root / "predict"))  # one trace
+    expected = {name: np.asarray(Image.open(classes_png)) for name, (classes_png, _) in zip(GOOD, written, strict=True)}
     ((classes_png, _),) = predict_files(model, [str(inputs / "big.png")], str(root / "predict" / "big"), tiling=TILING)
     expected["big.png"] = np.asarray(Image.open(classes_png))
     for ids in expected.values():
