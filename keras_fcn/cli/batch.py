@@ -48,6 +48,19 @@ def add_batch_predict(verbs) -> None:
 
 
 def run_batch_predict(args) -> int:
+    import logging
+
+    # Two warnings of Beam's that say nothing about this job: without the [gcp] extra, that BigQuery's client
+    # is missing; without PyTorch (RunInference's model manager imports it), that memory cannot be measured.
+    quiet = _Without("apitools not found", "Resource module is not available")
+    logging.getLogger().addFilter(quiet)
+    try:
+        return _run(args)
+    finally:
+        logging.getLogger().removeFilter(quiet)
+
+
+def _run(args) -> int:
     try:
         import apache_beam as beam
         from apache_beam.io.filesystems import FileSystems
@@ -86,3 +99,13 @@ def run_batch_predict(args) -> int:
             file=sys.stderr if totals["failed"] else sys.stdout,
         )
     return 0
+
+
+class _Without:
+    """A logging filter dropping the records whose message starts with one of `prefixes`."""
+
+    def __init__(self, *prefixes: str):
+        self.prefixes = prefixes
+
+    def filter(self, record) -> bool:
+        return not str(record.msg).startswith(self.prefixes)
