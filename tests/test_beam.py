@@ -32,7 +32,8 @@ NUM_CLASSES = 5
 CAP = 48 * 64  # the export's pixel cap: big.png (80x96) is past it
 # `keras-fcn predict --tile-size 32` on big.png: the tiles the handler cuts for this cap (32, 3 a call)
 TILING = {"tile_size": 32, "overlap": 0.25, "blend": "gaussian", "batch_size": 3, "tta": (), "scales": (1.0,)}
-GOOD = {"a.png": (40, 52), "b.png": (40, 52), "c.jpg": (36, 44), "d.bmp": (33, 47), "sub/e.png": (40, 52)}
+GOOD = {"a.png": (40, 52), "b.png": (40, 52), "c.jpg": (36, 44), "d.bmp": (33, 47), "sub/e.png": (40, 52),
+        "g16.png": (35, 41)}  # g16.png: 16-bit grey, which Pillow clips to 8 bits (and TensorFlow would scale)
 BAD = {"bad.png": b"\x89PNG\r\n\x1a\n" + b"\0" * 40, "empty.jpg": b""}
 SAME_STEM = ("x.jpg", "x.png")  # both would be written to x_classes.png
 CLI = os.path.join(os.path.dirname(sys.executable), "keras-fcn")
@@ -49,6 +50,7 @@ def world(tmp_path_factory):
     for name, shape in {**GOOD, "big.png": (80, 96), SAME_STEM[0]: (32, 32), SAME_STEM[1]: (32, 32)}.items():
         os.makedirs((inputs / name).parent, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (*shape, 3), dtype=np.uint8)).save(inputs / name, quality=95)
+    Image.fromarray(rng.integers(0, 400, GOOD["g16.png"], dtype=np.uint16)).save(inputs / "g16.png")
     for name, data in BAD.items():
         (inputs / name).write_bytes(data)
     written = predict_files(model, [str(inputs / name) for name in GOOD], str(root / "predict"))  # one trace
@@ -173,7 +175,7 @@ def test_the_verb_in_a_fresh_process(world, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 written, 0 skipped (done before), 1 failed" in result.stderr  # a, b, big, x; bad.png
+    assert "5 written, 0 skipped (done before), 1 failed" in result.stderr  # a, b, big, g16, x; bad.png
     for unused in ("apitools not found", "Resource module is not available"):  # Beam's, about missing extras
         assert unused not in result.stderr
     big = np.asarray(Image.open(tmp_path / "out" / "big_classes.png"))

@@ -168,9 +168,10 @@ class _Read(beam.DoFn):
             reason = f"Cannot read image file {path}: {type(error).__name__}: {error}"
             yield beam.pvalue.TaggedOutput("failed", _failure(path, reason))
             return
-        # serve_png decodes JPEG and PNG itself; other formats reach it as a lossless PNG of Pillow's pixels.
-        encoded = data[:8] == b"\x89PNG\r\n\x1a\n" or data[:2] == b"\xff\xd8"
-        sent = data if self.signature == SERVE_PNG and encoded else None
+        # serve_png decodes JPEG and PNG itself, as Pillow does, except 16-bit PNGs (TensorFlow scales them to
+        # 8 bits, Pillow clips): those and other formats reach it as a lossless PNG of Pillow's pixels.
+        png = data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24 and data[24] != 16  # IHDR's bit depth
+        sent = data if self.signature == SERVE_PNG and (png or data[:2] == b"\xff\xd8") else None
         yield path, ImageExample(pixels, sent)
 
 
