@@ -124,16 +124,21 @@ class SavedModelHandler(ModelHandler[ImageExample, np.ndarray, SavedModelRunner]
                 f"max_batch_size and max_pixels must be positive. Received: max_batch_size={max_batch_size}, "
                 f"max_pixels={max_pixels}"
             )
-        # A batch weighs its pixels: Beam's BatchElements then keeps each batch within the cap.
-        super().__init__(
-            max_batch_size=max_batch_size,
-            max_batch_weight=max_pixels,
-            element_size_fn=_capped_weight(max_pixels),
-            model_copies=model_copies,
-        )
+        super().__init__()  # the settings below are methods: 2.70 takes no keywords here
         self.model_dir, self.signature, self.max_pixels = model_dir, signature, max_pixels
+        self.max_batch_size, self.copies = max_batch_size, model_copies
         self.tiling = dict(tiling or {})
         self.load_log = load_log
+
+    def batch_elements_kwargs(self) -> dict:
+        # Batches may mix sizes: `run_inference` splits them by size, and each size into calls within the cap.
+        return {"max_batch_size": self.max_batch_size}
+
+    def share_model_across_processes(self) -> bool:
+        return self.copies is not None
+
+    def model_copies(self) -> int:
+        return self.copies or 1
 
     def load_model(self) -> SavedModelRunner:
         runner = SavedModelRunner(self.model_dir, self.signature)
@@ -202,13 +207,3 @@ class SavedModelHandler(ModelHandler[ImageExample, np.ndarray, SavedModelRunner]
 
     def get_metrics_namespace(self) -> str:
         return "keras_fcn"
-
-
-class _capped_weight:  # noqa: N801 - a picklable function object
-    """An example's weight in a batch: its pixels, at most the cap (an image past it forms a batch alone)."""
-
-    def __init__(self, max_pixels: int):
-        self.max_pixels = max_pixels
-
-    def __call__(self, example: ImageExample) -> int:
-        return min(image_pixels(example), self.max_pixels)
