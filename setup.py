@@ -44,8 +44,8 @@ setup(
         # keras-fcn export --format onnx / litert: the file's library or converter, and the runtime that checks it
         "onnx": ["onnx>=1.16", "onnxruntime>=1.18"],
         "litert": ["ai-edge-litert>=1.2"],
-        # keras-fcn batch-predict / keras_fcn.beam: RunInference over the SavedModel; 2.70+ resolves with
-        # TensorFlow 2.21's protobuf. Dataflow workers also need Beam's [gcp] extra (see the README).
+        # keras-fcn batch-predict / keras_fcn.beam: RunInference over the SavedModel (tested with 2.70 and 2.78;
+        # Beam caps protobuf below 7, which TensorFlow 2.21 accepts). Dataflow also needs Beam's [gcp] extra.
         "beam": ["apache-beam>=2.70"],
         "dev": [
             # both export formats are tested
