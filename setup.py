@@ -51,6 +51,9 @@ setup(
         # keras-hub presets and classes (keras_fcn.hub, keras_fcn.presets, --preset-dir): optional, as keras-hub
         # brings tensorflow-text, tokenizers, kagglehub and huggingface_hub, which nothing else here needs.
         "hub": ["keras-hub>=0.32", "huggingface_hub>=0.20"],  # hf:// handles need huggingface_hub
+        # keras-fcn batch-predict / keras_fcn.beam: RunInference over the SavedModel (tested with 2.70 and 2.78;
+        # Beam caps protobuf below 7, which TensorFlow 2.21 accepts). Dataflow also needs Beam's [gcp] extra.
+        "beam": ["apache-beam>=2.70"],
         "dev": [
             # both export formats are tested
             "onnx>=1.16",
@@ -59,6 +62,8 @@ setup(
             # the presets are tested
             "keras-hub>=0.32",
             "huggingface_hub>=0.20",
+            # batch-predict is tested with Beam's DirectRunner
+            "apache-beam>=2.70",
             "pytest>=8",
             "pytest-timeout>=2.3",
             "pyyaml>=6",

@@ -29,7 +29,8 @@ def _run(code: str) -> str:
 def test_import_and_the_command_line_parser_load_no_tensorflow():
     code = (
         "import sys, keras_fcn, keras_fcn.config, keras_fcn.recipes, keras_fcn.cli\n"
-        "try:\n    keras_fcn.cli.main(['train', '--help'])\nexcept SystemExit:\n    pass\n"
-        "print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+        "for verb in ('train', 'batch-predict'):\n"
+        "    try:\n        keras_fcn.cli.main([verb, '--help'])\n    except SystemExit:\n        pass\n"
+        "print('tensorflow' in sys.modules, 'keras' in sys.modules, 'apache_beam' in sys.modules)"
     )
-    assert _run(code).splitlines()[-1] == "False False"
+    assert _run(code).splitlines()[-1] == "False False False"

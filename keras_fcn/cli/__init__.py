@@ -1,8 +1,8 @@
 """The `keras-fcn` command line: each verb parses its flags, calls the library and reports.
 
 One module per group of verbs, each verb's flags beside its run function: `convert` (weights), `serving`
-(export, serve, query), `training` (train, evaluate, predict, demo). Parsing the flags loads no
-TensorFlow (`keras-fcn --help` is instant); each verb imports what it needs when it runs.
+(export, serve, query), `training` (train, evaluate, predict, demo), `batch` (batch-predict with Apache Beam).
+Parsing the flags loads no TensorFlow (`keras-fcn --help` is instant); each verb imports what it needs when it runs.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import sys
 # TensorFlow's C++ start-up chatter (CUDA probing on CPU machines) would bury the verbs' own messages.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from keras_fcn.cli import convert, serving, training  # noqa: E402
+from keras_fcn.cli import batch, convert, serving, training  # noqa: E402
 from keras_fcn.cli.common import CommandError  # noqa: E402
 from keras_fcn.cli.training import add_demo, run_demo  # noqa: E402, F401 - the demo's test builds its parser
 
@@ -27,6 +27,7 @@ _VERBS = [
     training.add_evaluate,
     training.add_predict,
     training.add_demo,
+    batch.add_batch_predict,
 ]
 
 
@@ -36,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
     for add_verb in _VERBS:
         add_verb(verbs)
-    args = parser.parse_args(argv)
+    # Flags a verb does not declare are refused, except by verbs that hand them on (Beam's pipeline options).
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "pipeline_options", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     try:
         return int(args.run(args) or 0)
     except CommandError as error:
