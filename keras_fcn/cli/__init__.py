@@ -39,9 +39,10 @@ def main(argv: list[str] | None = None) -> int:
         add_verb(verbs)
     # Flags a verb does not declare are refused, except by verbs that hand them on (Beam's pipeline options).
     args, extra = parser.parse_known_args(argv)
-    if extra and not getattr(args, "pipeline_options", False):
+    if getattr(args, "pipeline_options", False):
+        args.pipeline_args = extra
+    elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    args.extra = extra
     try:
         return int(args.run(args) or 0)
     except CommandError as error:

@@ -87,7 +87,7 @@ def _run(args) -> int:
         "tiling": {"tile_size": args.tile_size, "overlap": args.overlap, "blend": args.blend},
         "model_copies": args.model_copies,
     }
-    options = PipelineOptions([f"--runner={args.runner}", *args.extra])
+    options = PipelineOptions([f"--runner={args.runner}", *args.pipeline_args])
     with beam.Pipeline(options=options) as pipeline:
         segment_files(pipeline, model_dir, pattern, output, signature=args.signature, overlay=args.overlay,
                       **handler_options)  # fmt: skip
