@@ -37,8 +37,19 @@ from ..api import rest
 from ..errors import log
 
 DEFAULT_MAX_CONNECTIONS = 1024
+# A body past the limit by at most this much is read and dropped before its 413, so that a client that
+# sends its whole body before reading (Python's http.client, requests) reads the answer; a larger one is
+# answered at once and its connection closed.
+DISCARD_BYTES = 16 << 20
 SERVER_NAME = "keras-fcn-model-server"
 _REASONS = {413: "Payload Too Large", 429: "Too Many Requests", 503: "Service Unavailable"}
+# The gRPC status a refusal is counted with in the metrics.
+_REFUSED_STATUS = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
 
 
 class RestFront:
@@ -258,10 +269,12 @@ class _Handler(tornado.web.RequestHandler):
 
     def initialize(self, front: RestFront) -> None:
         self.front = front
+        self._started = time.perf_counter()
         self._counted = False
         self._reserved = 0
         self._body: bytearray | None = None
         self._size = 0
+        self._too_large: str | None = None  # the 413's message, once the body is known to pass the limit
 
     def set_default_headers(self) -> None:
         self.set_header("Server", SERVER_NAME)
@@ -274,6 +287,7 @@ class _Handler(tornado.web.RequestHandler):
         log.error("REST front error", exc_info=(typ, value, tb))
 
     def _refuse(self, code: int, message: str, close: bool = False) -> None:
+        self.front.record(self, rest.Reply(code=code, status=_REFUSED_STATUS.get(code)), self._started)
         self.set_status(code, _REASONS.get(code))
         self.set_header("Content-Type", "application/json")
         if close or self.front.draining:
@@ -299,7 +313,10 @@ class _Handler(tornado.web.RequestHandler):
             return
         length = int(text)
         if length > limit:
-            self._refuse(413, rest.too_large(length, limit), close=True)
+            if length > DISCARD_BYTES:
+                self._refuse(413, rest.too_large(length, limit), close=True)
+            else:
+                self._too_large = rest.too_large(length, limit)  # read, dropped, then answered
             return
         if not self.front.reserve(length):
             self._refuse(503, "the server holds too many request bodies being received; retry later", close=True)
@@ -311,9 +328,18 @@ class _Handler(tornado.web.RequestHandler):
         if self._finished:
             return
         end = self._size + len(chunk)
+        if self._too_large is not None:  # dropped
+            self._size = end
+            if end > DISCARD_BYTES:
+                self._refuse(413, self._too_large, close=True)
+            return
         if self._chunked:
             if end > self.front.max_body_bytes:
-                self._refuse(413, rest.too_large(end, self.front.max_body_bytes, "at least "), close=True)
+                self._too_large = rest.too_large(end, self.front.max_body_bytes, "at least ")
+                self._free_body()
+                self._size = end
+                if end > DISCARD_BYTES:
+                    self._refuse(413, self._too_large, close=True)
                 return
             if not self.front.reserve(len(chunk)):
                 self._refuse(503, "the server holds too many request bodies being received; retry later", close=True)
@@ -326,6 +352,9 @@ class _Handler(tornado.web.RequestHandler):
 
     async def _answer(self) -> None:
         if self._finished:
+            return
+        if self._too_large is not None:
+            self._refuse(413, self._too_large)
             return
         if self._size < len(self._body or b""):
             self._refuse(400, f"the request body ended after {self._size} of its {len(self._body)} bytes", True)

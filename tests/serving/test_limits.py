@@ -395,3 +395,20 @@ def test_requests_whose_deadline_passed_in_the_batch_queue_are_not_run():
         assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and not calls
     finally:
         scheduler.stop()
+
+
+def test_a_client_that_sends_its_whole_too_large_body_before_reading_gets_the_413(limited):
+    """Python's http.client sends the whole body before it reads: a body a little past the limit is read and
+    dropped, then answered 413 on a connection that stays usable; a huge one is answered at once."""
+    import http.client
+
+    path, _, _ = limited
+    with ModelServer("fcn", path, port=0, rest_port=0, rest_max_body_bytes=1 << 20) as server:
+        connection = http.client.HTTPConnection("127.0.0.1", server.rest_port, timeout=30)
+        for size in (3 << 20, 12 << 20):  # past the limit, within what is read and dropped
+            connection.request("POST", "/v1/models/fcn:predict", body=b" " * size)
+            reply = connection.getresponse()
+            assert reply.status == 413 and f"{size} bytes is larger" in json.loads(reply.read())["error"]
+        connection.request("GET", "/v1/models/fcn")  # the same connection still answers
+        assert connection.getresponse().status == 200
+        connection.close()
