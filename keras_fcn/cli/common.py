@@ -85,14 +85,12 @@ def class_names_for(model_path: str, given: str | None, num_classes: int):
         if names is None:
             return None
     else:
+        from keras_fcn.presets import read_class_names_beside  # light: numpy only
+
         # NAME.classes.txt beside NAME.keras (written by `convert --caffemodel`), else the run's classes.txt.
-        listed = os.path.splitext(os.path.abspath(model_path))[0] + ".classes.txt"
-        if not os.path.isfile(listed):
-            listed = os.path.join(os.path.dirname(os.path.abspath(model_path)), "classes.txt")
-        if not os.path.isfile(listed):
+        names = read_class_names_beside(model_path)
+        if names is None:
             return None
-        with open(listed, encoding="utf-8") as handle:
-            names = [line.strip() for line in handle if line.strip()]
     if len(names) != num_classes:
         raise CommandError(f"Expected {num_classes} class names, one per model output. Received: {names}")
     return names
