@@ -31,11 +31,17 @@ except ImportError as error:  # pragma: no cover - the message is the point
 import keras
 import numpy as np
 
-from keras_fcn.backbone import check_filters
 from keras_fcn.layers import CaffePreprocessing
 from keras_fcn.metrics import SegmentationLoss
-from keras_fcn.models import AT_ONCE_POOL3_SCALE, AT_ONCE_POOL4_SCALE, build_fcn, fcn_features, fcn_head
-from keras_fcn.variants import GEOMETRIES, VARIANTS
+from keras_fcn.models import (
+    AT_ONCE_POOL3_SCALE,
+    AT_ONCE_POOL4_SCALE,
+    build_fcn,
+    check_backbone_arguments,
+    fcn_features,
+    fcn_head,
+)
+from keras_fcn.variants import VARIANTS
 from keras_fcn.vgg16 import CAFFE_BGR_MEAN, VGG16_FC_UNITS, VGG16_FILTERS
 from keras_fcn.weights import transfer_weights
 
@@ -76,13 +82,7 @@ class FCNBackbone(keras_hub.models.Backbone):
         dtype=None,
         **kwargs,
     ):
-        if geometry not in GEOMETRIES:
-            raise ValueError(f"Expected geometry in {GEOMETRIES}. Received: geometry={geometry!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"Expected 0 <= dropout < 1. Received: dropout={dropout}")
-        if int(fc_units) != fc_units or fc_units < 1:
-            raise ValueError(f"Expected a positive integer fc_units. Received: fc_units={fc_units}")
-        backbone_filters = check_filters(backbone_filters)
+        backbone_filters = check_backbone_arguments(backbone_filters, fc_units, geometry, dropout)
         image_shape = tuple(image_shape)
         if len(image_shape) != 3 or image_shape[-1] != 3:
             raise ValueError(f"Expected image_shape (height, width, 3). Received: image_shape={image_shape}")

@@ -185,6 +185,22 @@ def fcn_head(
     return head.crop(upscored, images, name="score", dtype="float32")  # (N, H, W, C)
 
 
+def check_backbone_arguments(backbone_filters, fc_units, geometry: str, dropout: float) -> tuple[int, ...]:
+    """Checks the arguments of the features (the functional builders' and `FCNBackbone`'s); returns the filters.
+
+    Raises:
+        ValueError: naming the argument and the value received.
+    """
+    if geometry not in GEOMETRIES:
+        raise ValueError(f"Expected geometry in {GEOMETRIES}. Received: geometry={geometry!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"Expected 0 <= dropout < 1. Received: dropout={dropout}")
+    if int(fc_units) != fc_units or fc_units < 1:
+        raise ValueError(f"Expected a positive integer fc_units. Received: fc_units={fc_units}")
+    backbone_filters = check_filters(backbone_filters)
+    return backbone_filters
+
+
 def build_fcn(
     variant: str,
     num_classes: int = 21,
@@ -208,13 +224,7 @@ def build_fcn(
         raise ValueError(f"Expected variant in {VARIANTS}. Received: variant={variant!r}")
     if int(num_classes) != num_classes or num_classes < 1:
         raise ValueError(f"Expected a positive integer number of classes. Received: num_classes={num_classes}")
-    if geometry not in GEOMETRIES:
-        raise ValueError(f"Expected geometry in {GEOMETRIES}. Received: geometry={geometry!r}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"Expected 0 <= dropout < 1. Received: dropout={dropout}")
-    if int(fc_units) != fc_units or fc_units < 1:
-        raise ValueError(f"Expected a positive integer fc_units. Received: fc_units={fc_units}")
-    backbone_filters = check_filters(backbone_filters)
+    backbone_filters = check_backbone_arguments(backbone_filters, fc_units, geometry, dropout)
     if init_from is not None and not isinstance(init_from, keras.Model):
         raise ValueError(f"Expected init_from to be a keras.Model. Received: init_from={init_from!r}")
     num_classes = int(num_classes)
